@@ -1,0 +1,53 @@
+# mm-orch: `make demo` runs the whole platform locally, `make test` runs every check.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/mmorch
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: setup setup-python setup-frontend setup-browser demo test lint typecheck pytest bench clean
+
+setup: setup-python setup-frontend
+
+# The virtual environment is rebuilt only when the lock file changes.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	touch $@
+
+setup-python: $(VENV)/.installed
+
+# Dashboard assets come from npm (lock file committed) and are copied into static files.
+setup-frontend: frontend/node_modules/.installed
+frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	$(BIN)/python frontend/build_assets.py
+	touch $@
+
+# Browser tests drive Debian's Chromium, installed here when missing.
+setup-browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+lint: setup-python
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup-python
+	$(BIN)/mypy
+
+pytest: setup setup-browser
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf var/demo var/celery staticfiles
