@@ -67,7 +67,7 @@ class _SyncAndAsync:
         self.get_response = get_response
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
-            markcoroutinefunction(self)
+            markcoroutinefunction(self)  # type: ignore[type-var]
 
 
 class RequestIdMiddleware(_SyncAndAsync):

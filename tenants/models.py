@@ -118,6 +118,9 @@ class Invitation(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    def __str__(self) -> str:
+        return f"{self.email} → {self.tenant_id} ({self.status})"
+
 
 class LimitFields(models.Model):
     """Limits shared by a tenant and per-key overrides; NULL means no limit (or, on a key, inherit)."""
@@ -141,6 +144,9 @@ class TenantLimits(LimitFields):
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     max_messages = models.PositiveIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"limits of tenant {self.tenant_id}"
 
 
 class KeyKind(models.TextChoices):
@@ -199,3 +205,6 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["tenant", "action", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"

@@ -36,6 +36,7 @@ class KeyContext:
     key_limits: EffectiveLimits
     tenant_limits: EffectiveLimits
     expires_at_ts: float | None  # epoch seconds; checked on every use, also warm
+    label: str = ""  # the masked key ("sk-...abcd"), for logs and the audit log
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes

@@ -1,0 +1,1 @@
+"""Benchmark of `tenants.services.key_authenticate`: warm and cold latency."""

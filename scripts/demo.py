@@ -1,0 +1,129 @@
+"""`make demo`: set everything up (idempotent) and run the whole platform in the foreground.
+
+Embedded default: SQLite under var/, no Redis, the filesystem Celery broker. With DATABASE_URL
+and REDIS_URL set, PostgreSQL and Redis instead. Ctrl-C stops every process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+DEMO = VAR / "demo"
+PY = sys.executable
+CONTROL_PLANE = ("127.0.0.1", 8000)
+INFERENCE_NODE = ("127.0.0.1", 8100)
+MODEL_DIR = DEMO / "models" / "demo-llama"
+
+
+def run(*args: str, env: dict[str, str]) -> None:
+    subprocess.run(args, cwd=ROOT, env=env, check=True)
+
+
+def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")  # type: ignore[arg-type]
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not become ready within {timeout:.0f} s")
+
+
+def main() -> None:
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    metrics_dir = VAR / "prometheus"
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    node_url = f"http://{INFERENCE_NODE[0]}:{INFERENCE_NODE[1]}"
+    for folder in (DEMO, VAR / "celery" / "queue", VAR / "celery" / "processed", metrics_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+
+    run(PY, "manage.py", "migrate", "--noinput", env=env)
+    run(PY, "-m", "inference.demo_model", str(MODEL_DIR), env=env)
+    run(PY, "scripts/demo_seed.py", "--node-url", node_url, "--credentials", str(DEMO / "credentials.json"), env=env)
+
+    node_env = {
+        **env,
+        "INFERENCE_HOST": INFERENCE_NODE[0],
+        "INFERENCE_PORT": str(INFERENCE_NODE[1]),
+        "INFERENCE_MODEL_NAME": "demo-llama",
+        "INFERENCE_MODEL_VERSION": "v1",
+        "INFERENCE_MODEL_PATH": str(MODEL_DIR),
+        "INFERENCE_JOURNAL_PATH": str(DEMO / "journal.sqlite3"),
+    }
+    # Without Redis the quota counters live in one process, so the web server runs one worker.
+    workers = "2" if env.get("REDIS_URL") else "1"
+    commands: list[tuple[list[str], dict[str, str]]] = [
+        ([PY, "-m", "inference"], node_env),
+        (
+            [
+                PY, "-m", "uvicorn", "config.asgi:application",
+                "--host", CONTROL_PLANE[0], "--port", str(CONTROL_PLANE[1]),
+                "--http", "httptools", "--loop", "uvloop", "--workers", workers, "--no-access-log",
+            ],
+            env,
+        ),
+        ([PY, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"], env),
+        (
+            [PY, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
+             "--schedule", str(VAR / "celery" / "beat-schedule")],
+            env,
+        ),
+    ]  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def stop(*_: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for args, proc_env in commands:
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=proc_env))
+
+    wait_http(f"{node_url}/ready", 180, procs)
+    wait_http(f"http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/readyz", 120, procs)
+    print(
+        "\nmm-orch is running:\n"
+        f"  dashboard   http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/\n"
+        f"  API base    http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/v1\n"
+        f"  credentials {DEMO / 'credentials.json'}\n"
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    while True:
+        for proc in procs:
+            if proc.poll() is not None:
+                print(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}; stopping", flush=True)  # type: ignore[arg-type]
+                stop()
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
