@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/mmorch
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup setup-python setup-frontend setup-browser demo test lint typecheck pytest bench clean
+.PHONY: setup setup-python setup-frontend setup-system static demo test lint typecheck pytest bench clean
 
 setup: setup-python setup-frontend
 
@@ -26,9 +26,15 @@ frontend/node_modules/.installed: frontend/package.json frontend/package-lock.js
 	$(BIN)/python frontend/build_assets.py
 	touch $@
 
-# Browser tests drive Debian's Chromium, installed here when missing.
-setup-browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+# Static files are collected for whitenoise (the dashboard works offline, no CDN).
+static: setup-python setup-frontend
+	$(BIN)/python manage.py collectstatic --noinput -v0
+
+# Debian packages the tests use: Chromium (browser tests), promtool (alert rules), wrk (benchmarks).
+SYSTEM_PACKAGES := chromium:chromium prometheus:promtool wrk:wrk
+setup-system:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 lint: setup-python
 	$(BIN)/ruff check .
@@ -37,13 +43,13 @@ lint: setup-python
 typecheck: setup-python
 	$(BIN)/mypy
 
-pytest: setup setup-browser
+pytest: setup setup-system static
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
-demo: setup
+demo: setup static
 	$(BIN)/python scripts/demo.py
 
 bench: setup

@@ -1,0 +1,3 @@
+from inference.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Engines behind one interface: `torch` (continuous batching over transformers) and `vllm`."""

@@ -1,0 +1,422 @@
+"""Continuous batching over a Hugging Face causal LM with plain transformers forward passes.
+
+The running batch is one left-padded key/value cache. Between decode steps new requests are
+prefilled alone and concatenated into it (padding the shorter side on the left, masked out), and
+finished or aborted rows are filtered out, as text-generation-inference's original Python server did.
+All model work happens on one engine thread; the event loop only exchanges messages with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference.engine.base import (
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    IncrementalDetokenizer,
+)
+
+logger = logging.getLogger("inference.engine.torch")
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+@dataclass(slots=True)
+class _Row:
+    request: EngineRequest
+    sink: asyncio.Queue[EngineOutput]
+    detok: IncrementalDetokenizer
+    length: int  # real tokens in the cache for this row
+    generator: Any = None
+    generated: int = 0
+    last_token: int = 0
+    done: bool = False
+    finish_reason: FinishReason | None = None
+
+
+def _deliver(batch: list[tuple[asyncio.Queue[EngineOutput], EngineOutput]]) -> None:
+    for sink, out in batch:
+        sink.put_nowait(out)
+
+
+class TorchEngine(Engine):
+    def __init__(
+        self,
+        *,
+        model_path: str | Path,
+        max_batch_size: int = 8,
+        max_tokens: int = 512,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int = 0,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.max_batch_size = max_batch_size
+        self.max_tokens = max_tokens
+        self.device = device
+        self.dtype = _DTYPES.get(dtype, "float32")
+        self.threads = threads
+        self.context_length = 0
+        self._model: Any = None
+        self._cache_kw = "past_key_values"
+        self._tokenizer: Any = None
+        self._eos: set[int] = set()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sinks: dict[str, asyncio.Queue[EngineOutput]] = {}
+        self._outbox: list[tuple[asyncio.Queue[EngineOutput], EngineOutput]] = []
+        self._running = 0
+        self._healthy = False
+        self._stopping = False
+        # Decode steps taken and rows decoded, for the batch-size metric and benchmarks.
+        self.steps = 0
+        self.rows_decoded = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load model and tokenizer (blocking); `start` calls it in a worker thread."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # progress bars are noise in a service log
+
+        threads = self.threads
+        if threads <= 0 and self.device == "cpu":
+            # Leave a core to the event loop: torch's spinning worker threads otherwise starve it,
+            # and every step waits on the loop (measured: 7x fewer steps/s on 2 busy cores).
+            threads = max(1, (os.cpu_count() or 2) - 1)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(self.model_path), local_files_only=True, dtype=getattr(torch, self.dtype)
+        )
+        self._model = model.to(self.device)  # type: ignore[arg-type]
+        self._model.eval()
+        # transformers renamed past_key_values to cache; pass whichever this version takes.
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        config = self._model.config
+        self.context_length = int(
+            getattr(config, "max_position_embeddings", 0) or getattr(self._tokenizer, "model_max_length", 2048)
+        )
+        eos: set[int] = set()
+        for source in (getattr(self._model, "generation_config", None), config, self._tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list | tuple):
+                eos.update(int(v) for v in value)
+        self._eos = eos
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._model is None:
+            await asyncio.to_thread(self.load)
+        self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
+        self._thread.start()
+        self._healthy = True
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(("stop", None))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+        self._healthy = False
+
+    def healthy(self) -> bool:
+        return self._healthy and self._thread is not None and self._thread.is_alive()
+
+    def running(self) -> int:
+        return self._running
+
+    # -- tokenizer -------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self._tokenizer(text, add_special_tokens=True)["input_ids"]
+        return ids
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        if getattr(self._tokenizer, "chat_template", None):
+            text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+            ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            return ids
+        # No template: a plain transcript, so base models still answer.
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return self.encode(text)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        sink: asyncio.Queue[EngineOutput] = asyncio.Queue()
+        self._sinks[request.request_id] = sink
+        self._inbox.put(("new", (request, sink)))
+        finished = False
+        try:
+            while True:
+                out = await sink.get()
+                if out.finished:
+                    finished = True
+                yield out
+                if finished:
+                    return
+        finally:
+            self._sinks.pop(request.request_id, None)
+            if not finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    # -- engine thread ---------------------------------------------------------------------------
+
+    def _emit(self, row: _Row, out: EngineOutput) -> None:
+        self._outbox.append((row.sink, out))
+
+    def _flush(self) -> None:
+        # One wake-up of the event loop per step for all rows, not one per row.
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_deliver, batch)
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            try:
+                self._loop_forever()
+            except Exception as exc:
+                logger.exception("engine thread crashed")
+                self._healthy = False
+                # Nobody may wait forever on a dead engine.
+                failed = EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
+                self._outbox = [(sink, failed) for sink in list(self._sinks.values())]
+                self._flush()
+
+    def _loop_forever(self) -> None:
+
+        rows: list[_Row] = []
+        cache: Any = None
+        mask: Any = None
+        aborted: set[str] = set()
+        while True:
+            # Block only when idle; otherwise take whatever arrived since the last step.
+            pending: list[tuple[str, Any]] = []
+            if not rows:
+                pending.append(self._inbox.get())
+            while True:
+                try:
+                    pending.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            new: list[tuple[EngineRequest, asyncio.Queue[EngineOutput]]] = []
+            for kind, payload in pending:
+                if kind == "stop":
+                    for row in rows:
+                        self._finish(row, "aborted")
+                    self._flush()
+                    return
+                if kind == "new":
+                    new.append(payload)
+                elif kind == "abort":
+                    aborted.add(payload)
+            if aborted:
+                for row in rows:
+                    if row.request.request_id in aborted:
+                        self._finish(row, "aborted")
+                for request, sink in new:
+                    if request.request_id in aborted:
+                        self._emit_abort(request, sink)
+                new = [(r, s) for r, s in new if r.request_id not in aborted]
+                aborted.clear()
+            try:
+                for request, sink in new:
+                    row, row_cache = self._prefill(request, sink)
+                    if row.done:
+                        continue
+                    rows, cache, mask = self._merge(rows, cache, mask, row, row_cache)
+                self._flush()  # first tokens out before the next step
+                rows, cache, mask = self._filter(rows, cache, mask)
+                self._running = len(rows)
+                if rows:
+                    mask = self._decode(rows, cache, mask)
+                    rows, cache, mask = self._filter(rows, cache, mask)
+                    self._running = len(rows)
+                self._flush()
+            except Exception as exc:
+                logger.exception("engine step failed")
+                for row in rows:
+                    self._finish(row, "error", error=str(exc))
+                for request, sink in new:
+                    if request.request_id in self._sinks:
+                        self._loop_call(
+                            sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
+                        )
+                rows, cache, mask = [], None, None
+                self._running = 0
+                self._flush()
+
+    def _loop_call(self, sink: asyncio.Queue[EngineOutput], out: EngineOutput) -> None:
+        self._outbox.append((sink, out))
+
+    def _emit_abort(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> None:
+        self._loop_call(sink, EngineOutput(text="", finished=True, finish_reason="aborted"))
+
+    def _finish(self, row: _Row, reason: FinishReason, *, error: str | None = None) -> None:
+        if row.done:
+            return
+        row.done = True
+        row.finish_reason = reason
+        tail = row.detok.flush() if reason in ("length", "stop") else ""
+        self._emit(
+            row,
+            EngineOutput(text=tail, finished=True, finish_reason=reason, completion_tokens=row.generated, error=error),
+        )
+
+    def _new_generator(self, request: EngineRequest) -> Any:
+        import torch
+
+        if request.params.temperature <= 0:
+            return None
+        generator = torch.Generator(device=self.device)
+        if request.params.seed is not None:
+            generator.manual_seed(request.params.seed)
+        else:
+            generator.seed()
+        return generator
+
+    def _prefill(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> tuple[_Row, Any]:
+        import torch
+        from transformers import DynamicCache
+
+        row = _Row(
+            request=request,
+            sink=sink,
+            detok=IncrementalDetokenizer(self._tokenizer, request.params.stop),
+            length=len(request.prompt_ids),
+            generator=self._new_generator(request),
+        )
+        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+        # No config: plain full-attention layers whose tensors we can pad, concatenate and filter.
+        cache = DynamicCache()
+        out = self._model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kw: cache})
+        self._accept(row, out.logits[0, -1, :])
+        return row, cache
+
+    def _decode(self, rows: list[_Row], cache: Any, mask: Any) -> Any:
+        import torch
+
+        ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[r.length] for r in rows], dtype=torch.long, device=self.device)
+        full_mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = self._model(
+            input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True, **{self._cache_kw: cache}
+        )
+        logits = out.logits[:, -1, :]
+        self.steps += 1
+        self.rows_decoded += len(rows)
+        greedy = torch.argmax(logits, dim=-1).tolist()
+        for i, row in enumerate(rows):
+            row.length += 1
+            self._accept(row, logits[i], greedy_token=greedy[i])
+        return full_mask
+
+    def _sample(self, row: _Row, logits: Any) -> int:
+        import torch
+
+        params = row.request.params
+        scaled = logits.float() / params.temperature
+        probs = torch.softmax(scaled, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            cumulative = torch.cumsum(sorted_probs, dim=-1)
+            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+            keep = cumulative - sorted_probs < params.top_p
+            sorted_probs = sorted_probs * keep
+            choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=row.generator)
+            return int(order[choice].item())
+        return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+    def _accept(self, row: _Row, logits: Any, *, greedy_token: int | None = None) -> None:
+        import torch
+
+        if row.generator is None:
+            token = greedy_token if greedy_token is not None else int(torch.argmax(logits).item())
+        else:
+            token = self._sample(row, logits)
+        row.generated += 1
+        row.last_token = token
+        if token in self._eos:
+            self._finish(row, "stop")
+            return
+        delta = row.detok.add(token)
+        if row.detok.stopped:
+            self._emit(row, EngineOutput(text=delta, token_ids=[token], completion_tokens=row.generated))
+            self._finish(row, "stop")
+            return
+        self._emit(row, EngineOutput(text=delta, token_ids=[token], completion_tokens=row.generated))
+        # prompt + generated tokens may not exceed the context (row.length is one behind).
+        if row.generated >= row.request.params.max_tokens or row.length + 1 >= self.context_length:
+            self._finish(row, "length")
+
+    @staticmethod
+    def _layers(cache: Any) -> list[Any]:
+        return list(cache.layers)
+
+    def _merge(self, rows: list[_Row], cache: Any, mask: Any, row: _Row, row_cache: Any) -> tuple[list[_Row], Any, Any]:
+        import torch
+        import torch.nn.functional as F
+
+        row_mask = torch.ones((1, row.length), dtype=torch.long, device=self.device)
+        if not rows:
+            return [row], row_cache, row_mask
+        width = max(mask.shape[1], row.length)
+        pad_batch = width - mask.shape[1]
+        pad_row = width - row.length
+        for layer, new_layer in zip(self._layers(cache), self._layers(row_cache), strict=True):
+            # Keys and values are [batch, heads, seq, head_dim]; pad the seq axis on the left with zeros.
+            keys, values = layer.keys, layer.values
+            new_keys, new_values = new_layer.keys, new_layer.values
+            if pad_batch:
+                keys = F.pad(keys, (0, 0, pad_batch, 0))
+                values = F.pad(values, (0, 0, pad_batch, 0))
+            if pad_row:
+                new_keys = F.pad(new_keys, (0, 0, pad_row, 0))
+                new_values = F.pad(new_values, (0, 0, pad_row, 0))
+            layer.keys = torch.cat([keys, new_keys], dim=0)
+            layer.values = torch.cat([values, new_values], dim=0)
+        mask = torch.cat([F.pad(mask, (pad_batch, 0)), F.pad(row_mask, (pad_row, 0))], dim=0)
+        return [*rows, row], cache, mask
+
+    def _filter(self, rows: list[_Row], cache: Any, mask: Any) -> tuple[list[_Row], Any, Any]:
+        import torch
+
+        keep = [i for i, r in enumerate(rows) if not r.done]
+        if len(keep) == len(rows):
+            return rows, cache, mask
+        if not keep:
+            return [], None, None
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        mask = mask.index_select(0, index)
+        # Drop leading columns that are padding for every remaining row.
+        first = int(torch.nonzero(mask.any(dim=0), as_tuple=False)[0].item())
+        mask = mask[:, first:]
+        for layer in self._layers(cache):
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, first:, :]
+        return [rows[i] for i in keep], cache, mask

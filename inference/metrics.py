@@ -1,0 +1,80 @@
+"""Prometheus metrics (prefix mmorch_inference_), labelled by tenant and model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """One set per app, on its own registry, so several apps can live in one process (tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("tenant", "model", "model_version")
+        self.requests = Counter(
+            "mmorch_inference_requests",
+            "Requests by outcome (stop, length, aborted, error, rate_limited, overloaded, queue_timeout).",
+            (*labels, "outcome"),
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "mmorch_inference_prompt_tokens",
+            "Prompt tokens of requests that reached the engine.",
+            labels,
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "mmorch_inference_completion_tokens", "Completion tokens generated.", labels, registry=self.registry
+        )
+        self.queue_time = Histogram(
+            "mmorch_inference_queue_time_seconds",
+            "Time waiting for an engine slot.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "mmorch_inference_time_to_first_token_seconds",
+            "Arrival to first token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "mmorch_inference_inter_token_latency_seconds",
+            "Time between consecutive tokens.",
+            labels,
+            buckets=_ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "mmorch_inference_e2e_latency_seconds",
+            "Arrival to last token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "mmorch_inference_running_requests", "Requests in the engine, per tenant.", labels, registry=self.registry
+        )
+        self.waiting = Gauge(
+            "mmorch_inference_waiting_requests",
+            "Requests waiting for a slot, per tenant.",
+            labels,
+            registry=self.registry,
+        )
+        self.batch_size = Gauge(
+            "mmorch_inference_batch_size",
+            "Requests in the engine's running batch.",
+            ("model", "model_version"),
+            registry=self.registry,
+        )
+        self.draining = Gauge("mmorch_inference_draining", "1 while the node drains.", registry=self.registry)
+
+    def watch_batch(self, model: str, version: str, running: Callable[[], int]) -> None:
+        self.batch_size.labels(model, version).set_function(lambda: float(running()))

@@ -1,0 +1,366 @@
+"""The serving layer: OpenAI semantics on top of the scheduler and an engine.
+
+HTTP handlers call `OpenAIServing`; it validates limits, asks the scheduler for a slot, runs the
+request on the engine, keeps metrics and writes the usage record before the last byte goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from inference.client import TenantContext
+from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
+from inference.journal import Journal, UsageRecord, utc_iso
+from inference.metrics import Metrics
+from inference.protocol import APIError, ChatCompletionRequest, CompletionRequest
+from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
+
+logger = logging.getLogger("inference.serving")
+
+_ADMISSION_OUTCOME = {
+    "rate_limit_exceeded": "rate_limited",
+    "overloaded": "overloaded",
+    "queue_timeout": "queue_timeout",
+}
+
+
+@dataclass(slots=True)
+class ServedModel:
+    name: str
+    version: str
+    engine: Engine
+    scheduler: AsyncScheduler
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class NodeState:
+    ready: bool = False
+    draining: bool = False
+    inflight: int = 0
+
+
+class ModelRegistry:
+    def __init__(self, models: Sequence[ServedModel], defaults: dict[str, str]) -> None:
+        self._models = {(m.name, m.version): m for m in models}
+        self._defaults = defaults
+
+    def all(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def resolve(self, name: str, version: str) -> ServedModel:
+        chosen = version or self._defaults.get(name, "")
+        served = self._models.get((name, chosen))
+        if served is None:
+            if version and name in self._defaults:
+                message = f"The model `{name}` has no version `{version}` on this node."
+            else:
+                message = f"The model `{name}` does not exist."
+            raise APIError(404, message, param="model", code="model_not_found")
+        return served
+
+
+@dataclass(slots=True)
+class Generation:
+    """One admitted request: its engine stream, timings and (exactly one) usage record."""
+
+    serving: OpenAIServing
+    model: ServedModel
+    ctx: TenantContext
+    ticket: Ticket
+    request: EngineRequest
+    arrival_wall: float
+    arrival: float
+    dispatched: float
+    labels: tuple[str, str, str]
+    first_token: float | None = None
+    last_token: float | None = None
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    recorded: bool = False
+    closed: bool = False
+    text_parts: list[str] = field(default_factory=list)
+
+    async def outputs(self) -> AsyncIterator[EngineOutput]:
+        metrics = self.serving.metrics
+        async for out in self.model.engine.generate(self.request):
+            now = time.monotonic()
+            if out.token_ids:
+                if self.first_token is None:
+                    self.first_token = now
+                    metrics.ttft.labels(*self.labels).observe(now - self.arrival)
+                elif self.last_token is not None:
+                    metrics.itl.labels(*self.labels).observe(now - self.last_token)
+                self.last_token = now
+                self.model.scheduler.charge(self.ticket, len(out.token_ids))
+            self.completion_tokens = max(self.completion_tokens, out.completion_tokens)
+            if out.finished:
+                self.finish_reason = out.finish_reason or "error"
+                if out.error:
+                    logger.error("request %s failed in the engine: %s", self.request.request_id, out.error)
+                # Durable before the caller sends the last byte of the response.
+                await self.serving.journal.append(self._record(self.finish_reason))
+                self.recorded = True
+                self._account(self.finish_reason)
+                self.close()
+                yield out
+                return
+            yield out
+        # The engine stream ended without a final output: treat as aborted.
+        self.close()
+
+    def close(self) -> None:
+        """Free the slot; if no record was written yet, the request was aborted. Never awaits."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.recorded:
+            self.model.engine.abort(self.request.request_id)
+            self.recorded = True
+            self.finish_reason = "aborted"
+            self.serving.journal.submit(self._record("aborted"))
+            self._account("aborted")
+        self.model.scheduler.release(self.ticket)
+
+    def _account(self, outcome: str) -> None:
+        metrics = self.serving.metrics
+        metrics.requests.labels(*self.labels, outcome).inc()
+        metrics.completion_tokens.labels(*self.labels).inc(self.completion_tokens)
+        metrics.e2e.labels(*self.labels).observe(time.monotonic() - self.arrival)
+
+    def _record(self, outcome: str) -> UsageRecord:
+        now = time.monotonic()
+        return UsageRecord(
+            request_id=self.ticket.request_id,  # the gateway's id, or one made here when it sent none
+            tenant=self.ctx.tenant,
+            key=self.ctx.key,
+            model=self.model.name,
+            model_version=self.model.version,
+            prompt_tokens=len(self.request.prompt_ids),
+            completion_tokens=self.completion_tokens,
+            outcome=outcome,
+            queue_ms=round((self.dispatched - self.arrival) * 1000, 3),
+            ttft_ms=None if self.first_token is None else round((self.first_token - self.arrival) * 1000, 3),
+            duration_ms=round((now - self.arrival) * 1000, 3),
+            started_at=utc_iso(self.arrival_wall),
+            finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
+            finished_ts=self.arrival_wall + (now - self.arrival),
+        )
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+class OpenAIServing:
+    def __init__(self, *, registry: ModelRegistry, journal: Journal, metrics: Metrics, state: NodeState) -> None:
+        self.registry = registry
+        self.journal = journal
+        self.metrics = metrics
+        self.state = state
+
+    # -- admission -------------------------------------------------------------------------------
+
+    async def _admit(
+        self,
+        ctx: TenantContext,
+        served: ServedModel,
+        prompt_ids: list[int],
+        requested: tuple[int | None, str],
+        body: ChatCompletionRequest | CompletionRequest,
+    ) -> Generation:
+        if self.state.draining:
+            raise APIError(503, "the inference node is shutting down", type="server_error", code="draining")
+        engine = served.engine
+        context = engine.context_length
+        if len(prompt_ids) >= context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens; the prompt has {len(prompt_ids)}.",
+                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        max_tokens, param = requested
+        if max_tokens is not None:
+            if max_tokens <= 0:
+                raise APIError(400, f"{param} must be at least 1", param=param, code="invalid_value")
+            if max_tokens > served.max_tokens:
+                raise APIError(
+                    400, f"{param} must be at most {served.max_tokens} on this model", param=param, code="invalid_value"
+                )
+            if len(prompt_ids) + max_tokens > context:
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {context} tokens; the prompt ({len(prompt_ids)}) "
+                    f"plus {param} ({max_tokens}) exceeds it.",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+        else:
+            max_tokens = min(served.max_tokens, context - len(prompt_ids))
+        temperature = 1.0 if body.temperature is None else body.temperature
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
+            stop=body.stop_sequences(),
+        )
+        request_id = ctx.request_id or str(uuid.uuid4())
+        labels = (ctx.tenant, served.name, served.version)
+        ticket = Ticket(
+            request_id=request_id,
+            tenant=ctx.tenant,
+            prompt_tokens=len(prompt_ids),
+            weight=ctx.weight,
+            priority=ctx.priority,
+            max_inflight=ctx.max_inflight,
+            max_queued=ctx.max_queued,
+        )
+        arrival_wall, arrival = time.time(), time.monotonic()
+        try:
+            await served.scheduler.acquire(ticket)
+        except AdmissionError as exc:
+            self.metrics.requests.labels(*labels, _ADMISSION_OUTCOME.get(exc.code, exc.code)).inc()
+            raise APIError(
+                exc.status,
+                exc.message,
+                type="rate_limit_exceeded" if exc.status == 429 else "server_error",
+                code=exc.code,
+                headers={"retry-after": str(exc.retry_after)},
+            ) from exc
+        dispatched = time.monotonic()
+        self.metrics.queue_time.labels(*labels).observe(dispatched - arrival)
+        self.metrics.prompt_tokens.labels(*labels).inc(len(prompt_ids))
+        engine_request = EngineRequest(
+            request_id=f"{request_id}-{uuid.uuid4().hex[:8]}",
+            prompt_ids=prompt_ids,
+            params=params,
+            priority=ctx.priority,
+        )
+        return Generation(
+            serving=self,
+            model=served,
+            ctx=ctx,
+            ticket=ticket,
+            request=engine_request,
+            arrival_wall=arrival_wall,
+            arrival=arrival,
+            dispatched=dispatched,
+            labels=labels,
+        )
+
+    async def start_chat(self, ctx: TenantContext, body: ChatCompletionRequest) -> Generation:
+        served = self.registry.resolve(body.model, ctx.model_version)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt_ids = served.engine.encode_chat(messages)
+        return await self._admit(ctx, served, prompt_ids, body.requested_max_tokens(), body)
+
+    async def start_completion(self, ctx: TenantContext, body: CompletionRequest) -> Generation:
+        served = self.registry.resolve(body.model, ctx.model_version)
+        prompt_ids = served.engine.encode(body.prompt_text())
+        if not prompt_ids:
+            raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+        return await self._admit(ctx, served, prompt_ids, body.requested_max_tokens(), body)
+
+    # -- responses -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _usage(gen: Generation) -> dict[str, int]:
+        prompt = len(gen.request.prompt_ids)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": prompt + gen.completion_tokens,
+        }
+
+    async def collect(self, gen: Generation, *, chat: bool, echo: str = "") -> dict[str, Any]:
+        """Run to the end and build the non-streaming response."""
+        parts: list[str] = [echo] if echo else []
+        try:
+            async for out in gen.outputs():
+                if out.text:
+                    parts.append(out.text)
+        finally:
+            gen.close()
+        if gen.finish_reason not in ("stop", "length"):
+            raise APIError(500, "the engine failed to complete the request", type="server_error", code="engine_error")
+        text = "".join(parts)
+        created = int(gen.arrival_wall)
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": gen.finish_reason,
+            }
+            return {
+                "id": f"chatcmpl-{gen.request.request_id}",
+                "object": "chat.completion",
+                "created": created,
+                "model": gen.model.name,
+                "system_fingerprint": gen.model.version,
+                "choices": [choice],
+                "usage": self._usage(gen),
+            }
+        return {
+            "id": f"cmpl-{gen.request.request_id}",
+            "object": "text_completion",
+            "created": created,
+            "model": gen.model.name,
+            "system_fingerprint": gen.model.version,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": gen.finish_reason}],
+            "usage": self._usage(gen),
+        }
+
+    async def stream(self, gen: Generation, *, chat: bool, include_usage: bool, echo: str = "") -> AsyncIterator[bytes]:
+        """SSE events; the usage record is durable before the final chunk is yielded."""
+        created = int(gen.arrival_wall)
+        base: dict[str, Any] = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{gen.request.request_id}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": gen.model.name,
+            "system_fingerprint": gen.model.version,
+        }
+        usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+        def chunk(text: str | None, finish: str | None, *, role: bool = False) -> bytes:
+            if chat:
+                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+                if text is not None:
+                    delta["content"] = text
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return _sse({**base, "choices": [choice], **usage_field})
+
+        try:
+            if chat:
+                yield chunk(None, None, role=True)
+            if echo:
+                yield chunk(echo, None)
+            async for out in gen.outputs():
+                if out.finished:
+                    if gen.finish_reason not in ("stop", "length"):
+                        error = APIError(500, "the engine failed", type="server_error", code="engine_error")
+                        yield _sse(error.body())
+                        break
+                    if out.text:
+                        yield chunk(out.text, None)
+                    yield chunk(None if chat else "", gen.finish_reason)
+                    if include_usage:
+                        yield _sse({**base, "choices": [], "usage": self._usage(gen)})
+                    break
+                if out.text:
+                    yield chunk(out.text, None)
+            yield b"data: [DONE]\n\n"
+        finally:
+            gen.close()
