@@ -1,6 +1,9 @@
+"""The ASGI entry point: the gateway's lean lane for /v1, Django's full stack for the rest."""
+
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+
+from gateway.asgi import application
+
+__all__ = ["application"]

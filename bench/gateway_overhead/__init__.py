@@ -1,0 +1,1 @@
+"""Gateway overhead benchmark: `python -m bench.gateway_overhead` (see RESULTS.md)."""
