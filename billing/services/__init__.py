@@ -1,0 +1,1 @@
+"""Writes of billing data; each module holds one area (ingestion, rollups, plans, invoices, ...)."""
