@@ -1,0 +1,35 @@
+"""Helpers every dashboard view uses."""
+
+from __future__ import annotations
+
+from django import forms
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from frontend.access import TenantContext
+from tenants.exceptions import ServiceError
+from tenants.permissions import Role
+
+
+def acting_role(ctx: TenantContext) -> Role | None:
+    """The role services check against; None for staff, who are bound only by the invariants."""
+    if ctx.is_staff or ctx.membership is None:
+        return None
+    return Role(ctx.membership.role)
+
+
+def service_error_to_form(form: forms.Form, exc: ServiceError) -> None:
+    """Put a refused operation's message on the field it names, else on the form."""
+    field = exc.param if exc.param in form.fields else None
+    form.add_error(field, exc.message)
+
+
+def render_invalid(
+    request: HttpRequest, template: str, context: dict[str, object], *, status: int = 400
+) -> HttpResponse:
+    """Re-show a form with its errors; the status says nothing was saved."""
+    return render(request, template, context, status=status)
+
+
+def is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"

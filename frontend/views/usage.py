@@ -1,0 +1,89 @@
+"""Usage: date range, model and key filters, chart, table, CSV download."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+
+from django.http import HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import render
+from django.utils import timezone
+
+from frontend.access import TenantContext, tenant_page
+from frontend.forms import UsageFilterForm
+from frontend.selectors import UsageRow, plan_currency, tenant_model_names, usage_report
+from frontend.views.common import is_htmx
+from tenants.selectors import key_list
+
+CSV_COLUMNS = ("bucket_start", "model", "key", "requests", "input_tokens", "output_tokens", "cost", "currency")
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_lines(rows: list[UsageRow], currency: str) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        yield writer.writerow(
+            [r.start.isoformat(), r.model, r.key_label, r.requests, r.input_tokens, r.output_tokens, r.cost, currency]
+        )
+
+
+@tenant_page("usage:read", section="usage")
+def usage_view(request: HttpRequest, ctx: TenantContext) -> HttpResponseBase:
+    # Developers may filter by (and see the names of) only the keys they created.
+    keys = key_list(tenant=ctx.tenant, created_by_id=None if ctx.manages_all_keys else ctx.user.pk)
+    key_labels = {k.pk: f"{k.name} ({k.masked})" for k in keys}
+    today = timezone.now().date()
+    params = request.GET.copy()
+    params.setdefault("start", (today - timedelta(days=29)).isoformat())
+    params.setdefault("end", today.isoformat())
+    params.setdefault("bucket", "day")
+    form = UsageFilterForm(
+        params, models=tenant_model_names(ctx.tenant), keys=sorted(key_labels.items(), key=lambda kv: kv[1])
+    )
+    currency = plan_currency(ctx.tenant)
+    context: dict[str, object] = {"ctx": ctx, "form": form, "currency": currency}
+    if not form.is_valid():
+        template = "frontend/usage/_results.html" if is_htmx(request) else "frontend/usage/usage.html"
+        return render(request, template, context, status=400)
+    data = form.cleaned_data
+    start = datetime.combine(data["start"], time.min, tzinfo=UTC)
+    end = datetime.combine(data["end"], time.min, tzinfo=UTC) + timedelta(days=1)
+    rows, chart = usage_report(
+        ctx.tenant,
+        start=start,
+        end=end,
+        bucket=data["bucket"],
+        model=data["model"] or None,
+        key_id=data["key"],
+        key_labels=key_labels,
+    )
+    if request.GET.get("format") == "csv":
+        response = StreamingHttpResponse(_csv_lines(rows, currency), content_type="text/csv; charset=utf-8")
+        filename = f"usage-{ctx.tenant.slug}-{data['start']}-{data['end']}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+    query = params.copy()
+    query["format"] = "csv"
+    context.update(
+        {
+            "rows": rows,
+            "chart": chart,
+            "csv_query": query.urlencode(),
+            "totals": {
+                "requests": sum(r.requests for r in rows),
+                "input_tokens": sum(r.input_tokens for r in rows),
+                "output_tokens": sum(r.output_tokens for r in rows),
+                "cost": sum((r.cost for r in rows), Decimal(0)),
+            },
+        }
+    )
+    template = "frontend/usage/_results.html" if is_htmx(request) else "frontend/usage/usage.html"
+    return render(request, template, context)
