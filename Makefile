@@ -53,7 +53,7 @@ demo: setup static
 	$(BIN)/python scripts/demo.py
 
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf var/demo var/celery staticfiles

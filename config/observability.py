@@ -28,6 +28,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.registry import Collector
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -157,13 +158,23 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
 
 
+# Collectors computed from the database at scrape time (ingestion lag, billing runs): they hold
+# the same value in every process, so they stay out of the per-process multiprocess files.
+_scrape_registry = CollectorRegistry(auto_describe=False)
+
+
+def scrape_collector_register(collector: Collector) -> None:
+    _scrape_registry.register(collector)
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = DEFAULT_REGISTRY
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry) + generate_latest(_scrape_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
 AsyncView = Callable[..., Awaitable[HttpResponse]]

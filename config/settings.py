@@ -23,7 +23,7 @@ if _env_file.exists():
 MMORCH_ENV: str = env.str("MMORCH_ENV", default="development")
 IS_PRODUCTION = MMORCH_ENV == "production"
 
-_DEV_SECRET = "dev-insecure-secret-key-do-not-use-in-production-0123456789"
+_DEV_SECRET = "dev-insecure-secret-key-do-not-use-in-production-0123456789"  # noqa: S105
 SECRET_KEY: str = env.str("DJANGO_SECRET_KEY", default=_DEV_SECRET)
 if IS_PRODUCTION and (SECRET_KEY == _DEV_SECRET or len(SECRET_KEY) < 32):
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to a random value of 32+ characters in production")
@@ -201,21 +201,84 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 # --- inference plane -------------------------------------------------------------------------
 # HMAC secret shared with every inference node; several comma-separated values let nodes
 # accept an old and a new secret while it rotates (the gateway signs with the first).
-INFERENCE_SHARED_SECRET: str = env.str("INFERENCE_SHARED_SECRET", default="dev-inference-secret")
-if IS_PRODUCTION and INFERENCE_SHARED_SECRET == "dev-inference-secret":
+_DEV_INFERENCE_SECRET = "dev-inference-secret"  # noqa: S105
+INFERENCE_SHARED_SECRET: str = env.str("INFERENCE_SHARED_SECRET", default=_DEV_INFERENCE_SECRET)
+if IS_PRODUCTION and INFERENCE_SHARED_SECRET == _DEV_INFERENCE_SECRET:
     raise ImproperlyConfigured("INFERENCE_SHARED_SECRET must be set in production")
 
 # --- tenants ---------------------------------------------------------------------------------
 # (tenants settings go here)
 
 # --- gateway ---------------------------------------------------------------------------------
-# (gateway settings go here)
+# Largest /v1 request body (413 above it).
+GATEWAY_MAX_BODY_BYTES: int = env.int("GATEWAY_MAX_BODY_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
+# How often each process reloads its routing snapshot (models, versions, up nodes, grants).
+GATEWAY_REGISTRY_REFRESH_S: float = env.float("GATEWAY_REGISTRY_REFRESH_S", default=1.0)
+# Concurrency leases expire after this long unless a live stream renews them (crash safety).
+GATEWAY_LEASE_TTL_S: float = env.float("GATEWAY_LEASE_TTL_S", default=60.0)
+# Bounds connecting to a node and each wait for its next bytes (not the whole stream).
+GATEWAY_UPSTREAM_TIMEOUT_S: float = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=120.0)
+# A node that just failed is skipped by this process for this long (the probe confirms).
+GATEWAY_NODE_FAIL_COOLDOWN_S: float = env.float("GATEWAY_NODE_FAIL_COOLDOWN_S", default=2.0)
+# Queue cap per tenant asked of nodes (0: the node's default).
+GATEWAY_NODE_MAX_QUEUED: int = env.int("GATEWAY_NODE_MAX_QUEUED", default=0)
+# Prompt size estimate for reservations and the prompt-token limit (bytes per token).
+GATEWAY_PROMPT_BYTES_PER_TOKEN: float = env.float("GATEWAY_PROMPT_BYTES_PER_TOKEN", default=4.0)
+# Output tokens reserved when the request names no max_tokens and the plan sets no cap.
+GATEWAY_DEFAULT_RESERVE_TOKENS: int = env.int("GATEWAY_DEFAULT_RESERVE_TOKENS", default=256)
+# Keep-alive connections to nodes per gateway process.
+GATEWAY_UPSTREAM_POOL_SIZE: int = env.int("GATEWAY_UPSTREAM_POOL_SIZE", default=256)
+GATEWAY_MARK_KEYS_USED: bool = env.bool("GATEWAY_MARK_KEYS_USED", default=True)
+# The /v1 lane of gateway.asgi: only async-capable middleware, no per-request thread hops.
+GATEWAY_MIDDLEWARE: list[str] = ["config.observability.RequestIdMiddleware", "config.observability.MetricsMiddleware"]
+GATEWAY_LEAN_PATH_PREFIXES: list[str] = env.list("GATEWAY_LEAN_PATH_PREFIXES", default=["/v1/"])
+# Node health: Celery beat probes every node's /ready this often (one failed probe: down).
+GATEWAY_NODE_PROBE_INTERVAL_S: float = env.float("GATEWAY_NODE_PROBE_INTERVAL_S", default=5.0)
+GATEWAY_NODE_PROBE_TIMEOUT_S: float = env.float("GATEWAY_NODE_PROBE_TIMEOUT_S", default=2.0)
+CELERY_BEAT_SCHEDULE["gateway-nodes-probe"] = {
+    "task": "gateway.tasks.nodes_probe",
+    "schedule": GATEWAY_NODE_PROBE_INTERVAL_S,
+    "options": {"expires": GATEWAY_NODE_PROBE_INTERVAL_S},
+}
 
 # --- billing ---------------------------------------------------------------------------------
-# (billing settings go here)
+from celery.schedules import crontab  # noqa: E402
+
+BILLING_DEFAULT_CURRENCY: str = env.str("BILLING_DEFAULT_CURRENCY", default="USD")
+BILLING_INVOICE_PREFIX: str = env.str("BILLING_INVOICE_PREFIX", default="MMO")
+BILLING_NET_DAYS: int = env.int("BILLING_NET_DAYS", default=14)
+BILLING_INGEST_PAGE_SIZE: int = env.int("BILLING_INGEST_PAGE_SIZE", default=1000)
+BILLING_INGEST_INTERVAL_S: float = env.float("BILLING_INGEST_INTERVAL_S", default=5.0)
+BILLING_ISSUER_NAME: str = env.str("BILLING_ISSUER_NAME", default="mm-orch")
+# Stripe is on when an API key is set; STRIPE_API_BASE points the client elsewhere (tests).
+STRIPE_API_KEY: str = env.str("STRIPE_API_KEY", default="")
+STRIPE_WEBHOOK_SECRET: str = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE: str = env.str("STRIPE_API_BASE", default="")
+STRIPE_MAX_NETWORK_RETRIES: int = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+STRIPE_ENABLED: bool = bool(STRIPE_API_KEY)
+STRIPE_WEBHOOK_TOLERANCE_S: int = 300
+# A run that waited longer than one interval is dropped: the next one pulls the same journals.
+CELERY_BEAT_SCHEDULE["billing-ingest-usage"] = {
+    "task": "billing.tasks.usage_ingest_task",
+    "schedule": BILLING_INGEST_INTERVAL_S,
+    "options": {"expires": BILLING_INGEST_INTERVAL_S},
+}
+# The 1st of each month at 01:00 UTC: bill the month that just ended.
+CELERY_BEAT_SCHEDULE["billing-monthly-run"] = {
+    "task": "billing.tasks.billing_run_previous_month_task",
+    "schedule": crontab(minute=0, hour=1, day_of_month=1),
+}
 
 # --- frontend --------------------------------------------------------------------------------
-# (frontend settings go here)
+# The dashboard's navigation (tenant switcher, sections the role may open) on every page.
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("frontend.context_processors.nav")  # type: ignore[index]
+# A locked-out sign-in gets the sign-in page with a clear message instead of a bare 403.
+AXES_LOCKOUT_CALLABLE = "frontend.views.auth.lockout"
+# The sign-in forms (dashboard and admin) post the email as `username`; axes would otherwise look
+# for the user model's USERNAME_FIELD ("email") and count every failure against no one.
+AXES_USERNAME_FORM_FIELD = "username"
+# Password reset links work for 3 hours.
+PASSWORD_RESET_TIMEOUT = 3 * 3600
 
 LOGGING = {
     "version": 1,

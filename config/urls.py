@@ -14,6 +14,10 @@ urlpatterns = [
     # --- tenants ---
     path("api/v1/", include("tenants.api.urls")),
     # --- gateway ---
+    path("v1/", include("gateway.urls")),
+    path("api/v1/", include("gateway.api.urls")),
     # --- billing ---
+    path("api/v1/", include("billing.api.urls")),
     # --- frontend ---
+    path("", include("frontend.urls")),
 ]

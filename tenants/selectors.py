@@ -5,16 +5,19 @@ A row of another tenant and a missing row both raise `Http404`, so nobody can pr
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from tenants.models import (
     APIKey,
     AuditEvent,
     Invitation,
+    InvitationStatus,
     Membership,
     Tenant,
     TenantLimits,
@@ -78,6 +81,23 @@ def invitation_get_in_tenant(invitation_id: int, tenant: Tenant) -> Invitation:
     if invitation is None:
         raise Http404("No such invitation.")
     return invitation
+
+
+def token_digest(raw: str) -> str:
+    """SHA-256 of a secret (API key, invitation token): only this is stored, so look-ups compare it."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def invitation_get_by_token(token: str) -> Invitation | None:
+    """The pending, unexpired invitation the emailed token belongs to, with its tenant; else None.
+
+    For showing the invitation before it is accepted; `invitation_accept` checks again under a lock.
+    """
+    return (
+        Invitation.objects.select_related("tenant", "invited_by")
+        .filter(token_digest=token_digest(token), status=InvitationStatus.PENDING, expires_at__gt=timezone.now())
+        .first()
+    )
 
 
 def invitation_list(*, tenant: Tenant, status: str | None = None) -> QuerySet[Invitation]:

@@ -7,7 +7,6 @@ platform staff or the system, which are bound only by the invariants (the last o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import string
@@ -44,7 +43,7 @@ from tenants.models import (
     User,
 )
 from tenants.permissions import ALL_SCOPES, KEY_MANAGER_ROLES, Role, scopes_for_role
-from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS, limits_from_rows
+from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS, limits_from_rows, token_digest
 from tenants.types import Actor, KeyContext
 
 logger = logging.getLogger(__name__)
@@ -64,8 +63,8 @@ _MAX_INT = 2_147_483_647  # PositiveIntegerField
 _MAX_BIGINT = 9_223_372_036_854_775_807  # PositiveBigIntegerField
 
 
-def _digest(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+# One digest for writes and reads (tenants.selectors looks invitations up by it).
+_digest = token_digest
 
 
 def _raise_from_django(exc: DjangoValidationError) -> None:

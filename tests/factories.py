@@ -1,4 +1,4 @@
-"""Small helpers every test suite may import to make tenants, users and keys.
+"""Small helpers every test suite may import to make tenants, users and keys, and billing data.
 
 They go through the tenants services, so rows look like the real thing (limits row, audit
 events). Users get no password unless one is given (hashing is slow); sign them in with
@@ -8,15 +8,22 @@ events). Users get no password unless one is given (hashing is slow); sign them 
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from billing.models import Plan, Price, Subscription
+from billing.services.ingestion import usage_records_insert
 from tenants import services
 from tenants.models import APIKey, KeyKind, Tenant, User
 from tenants.permissions import ALL_SCOPES, Role
 from tenants.types import Actor
 
 _counter = itertools.count(1)
+_journal_seq = itertools.count(1)
 SYSTEM = Actor(label="tests")
 
 
@@ -119,3 +126,82 @@ def key_client(raw: str) -> Any:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client
+
+
+# --- billing ---------------------------------------------------------------------------------
+def journal_record(
+    tenant: Tenant | int,
+    *,
+    key: int | None = None,
+    model: str = "demo-llama",
+    version: str = "demo-llama@v1",
+    prompt: int = 10,
+    completion: int = 20,
+    outcome: str = "stop",
+    at: datetime | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """One record in the inference plane's journal format."""
+    started = at or datetime.now(UTC)
+    return {
+        "seq": next(_journal_seq),
+        "request_id": request_id or f"req-{uuid.uuid4().hex}",
+        "tenant": str(tenant if isinstance(tenant, int) else tenant.pk),
+        "key": "" if key is None else str(key),
+        "model": model,
+        "model_version": version,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "outcome": outcome,
+        "queue_ms": 1,
+        "ttft_ms": 5,
+        "duration_ms": 40,
+        "started_at": started.isoformat(),
+        "finished_at": (started + timedelta(milliseconds=40)).isoformat(),
+    }
+
+
+def ledger_add(records: list[dict[str, Any]], *, node: str = "node-test") -> int:
+    """Inserts records the way ingestion does (prices, ledger, rollups) without a node."""
+    return usage_records_insert(records, node_name=node).inserted
+
+
+@dataclass
+class PricedPlan:
+    plan: Plan
+    price: Price
+
+
+def plan_with_price(
+    *,
+    name: str | None = None,
+    currency: str = "USD",
+    base_fee: str = "0",
+    included_tokens: int = 0,
+    model: str = "demo-llama",
+    input_per_1m: str = "1.000000",
+    output_per_1m: str = "2.000000",
+    effective_from: datetime | None = None,
+) -> PricedPlan:
+    """A plan and a price created directly: fixtures often need prices in the past, which the
+    service (rightly) refuses."""
+    plan = Plan.objects.create(
+        name=name or f"plan-{uuid.uuid4().hex[:8]}",
+        currency=currency,
+        base_fee=Decimal(base_fee),
+        included_tokens=included_tokens,
+    )
+    price = Price.objects.create(
+        plan=plan,
+        model_name=model,
+        input_per_1m=Decimal(input_per_1m),
+        output_per_1m=Decimal(output_per_1m),
+        effective_from=effective_from or datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    return PricedPlan(plan, price)
+
+
+def subscribe_directly(tenant: Tenant, plan: Plan, *, starts_at: datetime | None = None) -> Subscription:
+    return Subscription.objects.create(
+        tenant=tenant, plan=plan, starts_at=starts_at or datetime(2020, 1, 1, tzinfo=UTC)
+    )
