@@ -68,6 +68,8 @@ def main() -> None:
         "INFERENCE_MODEL_VERSION": "v1",
         "INFERENCE_MODEL_PATH": str(MODEL_DIR),
         "INFERENCE_JOURNAL_PATH": str(DEMO / "journal.sqlite3"),
+        # The node trusts what the gateway signs: both read the same secret (settings' default).
+        "INFERENCE_SHARED_SECRET": env.get("INFERENCE_SHARED_SECRET", "dev-inference-secret"),
     }
     # Without Redis the quota counters live in one process, so the web server runs one worker.
     workers = "2" if env.get("REDIS_URL") else "1"
@@ -77,7 +79,7 @@ def main() -> None:
             [
                 PY, "-m", "uvicorn", "config.asgi:application",
                 "--host", CONTROL_PLANE[0], "--port", str(CONTROL_PLANE[1]),
-                "--http", "httptools", "--loop", "uvloop", "--workers", workers, "--no-access-log",
+                "--http", "httptools", "--loop", "uvloop", "--workers", workers, "--no-access-log", "--lifespan", "off",
             ],
             env,
         ),
@@ -90,7 +92,7 @@ def main() -> None:
     ]  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
 
-    def stop(*_: object) -> None:
+    def stop_all() -> None:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -100,13 +102,22 @@ def main() -> None:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    def on_signal(*_: object) -> None:
         raise SystemExit(0)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    for args, proc_env in commands:
-        procs.append(subprocess.Popen(args, cwd=ROOT, env=proc_env))
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for args, proc_env in commands:
+            procs.append(subprocess.Popen(args, cwd=ROOT, env=proc_env))
+        supervise(procs, node_url)
+    finally:
+        stop_all()
 
+
+def supervise(procs: list[subprocess.Popen[bytes]], node_url: str) -> None:
+    """Waits until the platform is ready, then until a process exits (an error) or Ctrl-C."""
     wait_http(f"{node_url}/ready", 180, procs)
     wait_http(f"http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/readyz", 120, procs)
     print(
@@ -120,8 +131,7 @@ def main() -> None:
     while True:
         for proc in procs:
             if proc.poll() is not None:
-                print(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}; stopping", flush=True)  # type: ignore[arg-type]
-                stop()
+                raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}; stopping")  # type: ignore[arg-type]
         time.sleep(1)
 
 
