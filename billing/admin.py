@@ -24,6 +24,7 @@ from billing.models import (
 )
 from billing.services.invoices import invoice_mark_paid, invoice_void
 from billing.services.plans import price_set, subscription_create
+from tenants.admin import ReadOnlyAdmin
 from tenants.exceptions import ServiceError
 from tenants.types import Actor
 
@@ -31,17 +32,6 @@ from tenants.types import Actor
 def _actor(request: HttpRequest) -> Actor:
     user = request.user
     return Actor(user_id=user.pk, label=getattr(user, "email", "staff"), ip=request.META.get("REMOTE_ADDR"))
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class PriceInline(admin.TabularInline):  # type: ignore[type-arg]
