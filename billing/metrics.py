@@ -26,11 +26,12 @@ class IngestLagCollector(Collector):
             labels=["node"],
         )
         try:
-            names = {node.name for node in node_list()}
-            cursors = IngestCursor.objects.filter(node_name__in=names).values_list("node_name", "updated_at")
+            # A node never pulled yet counts from its registration, so it cannot go unnoticed.
+            since = {node.name: node.created_at for node in node_list()}
+            since.update(IngestCursor.objects.filter(node_name__in=since).values_list("node_name", "updated_at"))
             now = timezone.now()
-            for name, updated_at in cursors:
-                gauge.add_metric([name], max(0.0, (now - updated_at).total_seconds()))
+            for name, moment in sorted(since.items()):
+                gauge.add_metric([name], max(0.0, (now - moment).total_seconds()))
         except DatabaseError:
             return  # the database is down: /readyz says so; no sample beats a wrong one
         yield gauge

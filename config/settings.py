@@ -25,6 +25,8 @@ IS_PRODUCTION = MMORCH_ENV == "production"
 
 _DEV_SECRET = "dev-insecure-secret-key-do-not-use-in-production-0123456789"  # noqa: S105
 SECRET_KEY: str = env.str("DJANGO_SECRET_KEY", default=_DEV_SECRET)
+# Old keys still accepted for sessions and signed tokens while DJANGO_SECRET_KEY rotates.
+SECRET_KEY_FALLBACKS: list[str] = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
 if IS_PRODUCTION and (SECRET_KEY == _DEV_SECRET or len(SECRET_KEY) < 32):
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to a random value of 32+ characters in production")
 
@@ -156,7 +158,15 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_ENABLED: bool = env.bool("AXES_ENABLED", default=True)
 
-EMAIL_BACKEND: str = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# EMAIL_URL (smtp+tls://user:password@host:587, consolemail://, ...) configures sending in one value.
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND: str = env.str("EMAIL_BACKEND", default=_email["EMAIL_BACKEND"])
+EMAIL_HOST: str = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT: int = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER: str = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD: str = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS: bool = bool(_email.get("EMAIL_USE_TLS", False))
+EMAIL_USE_SSL: bool = bool(_email.get("EMAIL_USE_SSL", False))
 DEFAULT_FROM_EMAIL: str = env.str("DEFAULT_FROM_EMAIL", default="mm-orch <noreply@mm-orch.local>")
 MMORCH_PUBLIC_URL: str = env.str("MMORCH_PUBLIC_URL", default="http://127.0.0.1:8000")
 

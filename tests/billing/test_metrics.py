@@ -59,7 +59,10 @@ def test_ingest_lag_is_reported_for_registered_nodes_only() -> None:
     node_register(name="node-a", base_url="http://127.0.0.1:9", actor=factories.SYSTEM)
     IngestCursor.objects.create(node_name="node-a", updated_at=timezone.now() - timedelta(minutes=20))
     IngestCursor.objects.create(node_name="gone", updated_at=timezone.now() - timedelta(days=3))
+    never = node_register(name="node-b", base_url="http://127.0.0.1:10", actor=factories.SYSTEM)
+    type(never).objects.filter(pk=never.pk).update(created_at=timezone.now() - timedelta(hours=2))
     samples = scrape()
     lag = samples[("mmorch_usage_ingest_lag_seconds", (("node", "node-a"),))]
     assert 20 * 60 <= lag < 21 * 60
+    assert 2 * 3600 <= samples[("mmorch_usage_ingest_lag_seconds", (("node", "node-b"),))] < 2 * 3600 + 60
     assert ("mmorch_usage_ingest_lag_seconds", (("node", "gone"),)) not in samples

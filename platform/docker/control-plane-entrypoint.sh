@@ -1,0 +1,41 @@
+#!/bin/sh
+# Entry point of the control-plane image: `web`, `worker`, `beat`, `migrate`, or any manage.py command.
+# Extra arguments go to the underlying program (e.g. `web --workers 4`, `worker --concurrency 8`).
+set -eu
+
+role="${1:-web}"
+[ "$#" -gt 0 ] && shift
+
+if [ "$role" = web ]; then
+    # Every uvicorn worker writes its Prometheus samples here and /metrics adds them up; files left
+    # by a previous run of this container would be counted again, so start from an empty directory.
+    if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+        rm -rf "${PROMETHEUS_MULTIPROC_DIR:?}"
+        mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+    fi
+else
+    # Only web serves /metrics. Other processes (worker, beat, a command run with `exec` in a web
+    # container) keep their samples in memory instead of touching the web's directory.
+    unset PROMETHEUS_MULTIPROC_DIR
+fi
+
+case "$role" in
+    web)
+        exec uvicorn config.asgi:application --host 0.0.0.0 --port 8000 \
+            --http httptools --loop uvloop --proxy-headers --forwarded-allow-ips '*' \
+            --timeout-graceful-shutdown 30 "$@"
+        ;;
+    worker)
+        exec celery -A config worker --loglevel INFO "$@"
+        ;;
+    beat)
+        # The schedule file lives on writable scratch space; the schedule itself is in settings.
+        exec celery -A config beat --loglevel INFO --schedule /tmp/celerybeat-schedule "$@"
+        ;;
+    migrate)
+        exec python manage.py migrate --noinput "$@"
+        ;;
+    *)
+        exec python manage.py "$role" "$@"
+        ;;
+esac
