@@ -51,7 +51,7 @@ def main() -> None:
     metrics_dir = VAR / "prometheus"
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     node_url = f"http://{INFERENCE_NODE[0]}:{INFERENCE_NODE[1]}"
-    for folder in (DEMO, VAR / "celery" / "queue", VAR / "celery" / "processed", metrics_dir):
+    for folder in (DEMO, *(VAR / "celery" / name for name in ("queue", "processed", "control")), metrics_dir):
         folder.mkdir(parents=True, exist_ok=True)
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
