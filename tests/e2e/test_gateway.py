@@ -28,6 +28,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ACTOR = factories.SYSTEM
 
 
+REGISTRY_REFRESH_S = 0.2
+
+
 @pytest.fixture(scope="module")
 def node() -> Iterator[InferenceNode]:
     with inference_node(secret=DEFAULT_SECRET) as running:
@@ -38,7 +41,7 @@ def node() -> Iterator[InferenceNode]:
 def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
     env = {
         "INFERENCE_SHARED_SECRET": DEFAULT_SECRET,
-        "GATEWAY_REGISTRY_REFRESH_S": "0.2",
+        "GATEWAY_REGISTRY_REFRESH_S": str(REGISTRY_REFRESH_S),
         "GATEWAY_NODE_FAIL_COOLDOWN_S": "5",
     }
     with control_plane(workers=2, env=env) as cp:
@@ -60,6 +63,8 @@ def make_world(node_url: str, *, limits: dict[str, Any] | None = None) -> World:
     version = gw.model_version_create(model=model, version="v1", status="active", actor=ACTOR)
     gw.model_grant_create(tenant=tenant, model=model, actor=ACTOR)
     gw.node_register(name="node-a", base_url=node_url, versions=[version], state=NodeState.UP, actor=ACTOR)
+    # Each server process reloads its routing snapshot at most this long after a registry change.
+    time.sleep(REGISTRY_REFRESH_S * 1.5)
     return World(tenant, key.id, raw, version)
 
 
