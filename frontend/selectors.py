@@ -23,6 +23,7 @@ from tenants.models import APIKey, Tenant
 from tenants.selectors import key_list, tenant_limits_get
 
 CHART_DAYS = 30
+CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,11 @@ def overview_data(tenant: Tenant, *, own_keys_of: int | None = None) -> dict[str
     tokens = sum(s.input_tokens + s.output_tokens for s in summary)
     spend = sum((s.cost for s in summary), Decimal(0))
     currency = plan_currency(tenant)
+    cap = limits.monthly_spend_cap
     gauges = [
         Gauge("Requests this month", requests, None),
         Gauge("Tokens this month", tokens, limits.monthly_token_budget),
-        Gauge("Spend this month", spend.quantize(Decimal("0.01")), limits.monthly_spend_cap, currency),
+        Gauge("Spend this month", spend.quantize(CENT), cap.quantize(CENT) if cap is not None else None, currency),
     ]
     top_models = sorted(summary, key=lambda s: s.input_tokens + s.output_tokens, reverse=True)[:5]
     per_key = [m for m in month_to_date(tenant_ids=[tenant.pk], now=now) if m.key_id is not None]

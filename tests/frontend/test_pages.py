@@ -36,7 +36,7 @@ def test_overview_shows_this_month_against_the_limits(world: World) -> None:
     assert gauges["Tokens this month"].used == 500
     assert gauges["Tokens this month"].percent == 50
     html = page.content.decode()
-    assert "50% of 1000" in html
+    assert "50% of 1,000" in html
     chart = json.loads(re.search(r'<script id="overview-chart" type="application/json">(.*?)</script>', html).group(1))
     assert len(chart["data"]["labels"]) == 30
     assert sum(chart["data"]["datasets"][0]["data"]) == 300
