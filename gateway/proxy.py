@@ -27,7 +27,7 @@ from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
 from gateway.quota import Decision, backend, scopes_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
 from inference.client import InferenceClient, TenantContext
-from tenants.services import KEY_TENANT_SUSPENDED, akey_check, key_mark_used
+from tenants.services import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
 from tenants.types import KeyContext
 
 logger = logging.getLogger(__name__)
@@ -95,23 +95,16 @@ async def authenticate(request: HttpRequest) -> KeyContext:
         raise APIError(
             403, "This API key lacks the 'inference' scope.", type="permission_error", code="permission_denied"
         )
-    if conf().mark_keys_used:
-        now = time.monotonic()
-        if now - _marked.get(ctx.key_id, -1e9) >= MARK_USED_INTERVAL_S:
-            _marked[ctx.key_id] = now
-            background(_quietly(sync_to_async(_mark_used, thread_sensitive=False)(ctx.key_id), "key_mark_used"))
+    # last_used_at is written at most once a minute per key: only then is a thread involved.
+    if conf().mark_keys_used and key_mark_used_due(ctx.key_id):
+        background(_quietly(sync_to_async(_mark_used, thread_sensitive=False)(ctx.key_id), "key_mark_used"))
     return ctx
-
-
-# last_used_at is written at most once a minute per key; this process asks no more often.
-MARK_USED_INTERVAL_S = 60.0
-_marked: dict[int, float] = {}
 
 
 def _mark_used(key_id: int) -> None:
     """Runs in a worker thread: the write, then give the thread's connection back."""
     try:
-        key_mark_used(key_id)
+        key_mark_used(key_id, due_checked=True)
     finally:
         close_old_connections()
 

@@ -940,13 +940,19 @@ async def akey_authenticate(raw: str) -> KeyContext | None:
 _last_marked: dict[int, float] = {}
 
 
-def _mark_used_due(key_id: int) -> bool:
-    """True at most once a minute per key across processes (Redis) or in this process."""
+def key_mark_used_due(key_id: int) -> bool:
+    """The in-process half of the once-a-minute throttle: a dict lookup, no I/O, so hot async
+    paths call it inline and hand only the rare due key to `key_mark_used(..., due_checked=True)`."""
     now = time.monotonic()
     last = _last_marked.get(key_id)
     if last is not None and now - last < LAST_USED_WRITE_INTERVAL:
         return False
     _last_marked[key_id] = now
+    return True
+
+
+def _mark_used_due_everywhere(key_id: int) -> bool:
+    """The cross-process half: one process per minute wins the Redis key."""
     if settings.REDIS_URL:
         try:
             client = key_cache()._client()
@@ -956,12 +962,12 @@ def _mark_used_due(key_id: int) -> bool:
     return True
 
 
-def key_mark_used(key_id: int) -> None:
+def key_mark_used(key_id: int, *, due_checked: bool = False) -> None:
     """Records that a key was used; `last_used_at` is written at most once a minute per key."""
-    if _mark_used_due(key_id):
+    if (due_checked or key_mark_used_due(key_id)) and _mark_used_due_everywhere(key_id):
         APIKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
 
 
 async def akey_mark_used(key_id: int) -> None:
-    if _mark_used_due(key_id):
+    if key_mark_used_due(key_id) and _mark_used_due_everywhere(key_id):
         await APIKey.objects.filter(pk=key_id).aupdate(last_used_at=timezone.now())

@@ -18,19 +18,8 @@ from tests.gateway.fakenode import FakeNode
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _drop_thread_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Connections opened by worker threads (cold key lookups, registry loads) outlive the
-    tests; end them so the test database can be dropped."""
-    yield
-    from django.db import connection
-
-    if connection.vendor != "postgresql" or not str(connection.settings_dict["NAME"]).startswith("test_"):
-        return
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+def _drop_thread_connections(end_stray_db_sessions: None) -> None:
+    """Worker threads and server processes of this suite leave database sessions behind."""
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +35,6 @@ def _fresh_state() -> Iterator[None]:
     registry.invalidate()
     registry.in_flight.clear()
     registry._failed_until.clear()
-    proxy._marked.clear()
     yield
     tenant_services.key_cache_reset()
     registry.invalidate()
