@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Generator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 # The same small world as the test-client suite (two tenants, a user per role, keys, an invoice).
@@ -22,6 +24,13 @@ from tests.frontend.conftest import _dashboard_settings, world  # noqa: F401
 CHROMIUM = Path(os.environ.get("MMORCH_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SAVE_ALL = os.environ.get("MMORCH_SCREENSHOTS") == "1"
+
+
+@pytest.fixture
+def clock() -> datetime:
+    """The real clock: Chromium keeps its own, and would drop a session cookie that a frozen
+    server clock made expire in its past. Nothing here sums usage by calendar."""
+    return timezone.now()
 
 
 # Package scope: Chromium and Playwright's loop stop when the browser tests are done, before

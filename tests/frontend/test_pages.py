@@ -6,9 +6,10 @@ import csv
 import io
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -26,7 +27,27 @@ def _body(response) -> bytes:  # type: ignore[no-untyped-def]
     return b"".join(response.streaming_content) if response.streaming else response.content
 
 
-def test_overview_shows_this_month_against_the_limits(world: World) -> None:
+@pytest.mark.parametrize(
+    ("clock", "chart_input", "chart_output"),
+    [
+        # Mid-month: last month's request (on its 3rd day) is outside the 30-day chart.
+        (datetime(2026, 3, 17, 14, 30, tzinfo=UTC), 300, 200),
+        # The first minutes of a month: the chart reaches back into last month and holds both.
+        (datetime(2026, 3, 1, 0, 0, 30, tzinfo=UTC), 1300, 700),
+        (datetime(2026, 12, 1, 0, 0, tzinfo=UTC), 1300, 700),
+        # The 2nd of a month: after a 30-day month the 3rd of last month is the chart's first day,
+        # after a 31-day month it is a day too early.
+        (datetime(2026, 12, 2, 9, 0, tzinfo=UTC), 1300, 700),
+        (datetime(2026, 11, 2, 9, 0, tzinfo=UTC), 300, 200),
+        # A leap day.
+        (datetime(2028, 2, 29, 12, 0, tzinfo=UTC), 300, 200),
+        # The last second of a month and of a year.
+        (datetime(2026, 3, 31, 23, 59, 59, tzinfo=UTC), 300, 200),
+        (datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), 300, 200),
+    ],
+    indirect=["clock"],
+)
+def test_overview_shows_this_month_against_the_limits(world: World, chart_input: int, chart_output: int) -> None:
     services.limits_update(tenant=world.acme, actor=SYSTEM, monthly_token_budget=1000)
     page = client_for(world.users[Role.VIEWER]).get("/t/acme/")
     assert page.status_code == 200
@@ -39,8 +60,9 @@ def test_overview_shows_this_month_against_the_limits(world: World) -> None:
     assert "50% of 1,000" in html
     chart = json.loads(re.search(r'<script id="overview-chart" type="application/json">(.*?)</script>', html).group(1))
     assert len(chart["data"]["labels"]) == 30
-    assert sum(chart["data"]["datasets"][0]["data"]) == 300
-    assert sum(chart["data"]["datasets"][1]["data"]) == 200
+    assert chart["data"]["labels"][-1] == timezone.now().strftime("%m-%d")
+    assert sum(chart["data"]["datasets"][0]["data"]) == chart_input
+    assert sum(chart["data"]["datasets"][1]["data"]) == chart_output
     assert [m.model_name for m in page.context["top_models"]] == ["demo-llama"]
     # A viewer does not manage keys, so the top-keys card lists none of them.
     assert page.context["top_keys"] == []
