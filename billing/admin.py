@@ -24,9 +24,9 @@ from billing.models import (
 )
 from billing.services.invoices import invoice_mark_paid, invoice_void
 from billing.services.plans import price_set, subscription_create
+from core.audit import Actor
+from core.errors import ServiceError
 from tenants.admin import ReadOnlyAdmin
-from tenants.exceptions import ServiceError
-from tenants.types import Actor
 
 
 def _actor(request: HttpRequest) -> Actor:

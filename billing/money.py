@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from tenants.exceptions import ValidationFailed
+from core.errors import ValidationFailed
 
 ONE_MILLION = Decimal(1_000_000)
 # ISO 4217 minor units of currencies that differ from the usual 2.

@@ -7,6 +7,7 @@ Production (MMORCH_ENV=production) refuses to start without a real secret key.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -149,6 +150,13 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if IS_PRODUCTION else None
 SECURE_HSTS_SECONDS: int = env.int("DJANGO_HSTS_SECONDS", default=0)
+# Proxies (addresses or CIDR ranges) whose X-Forwarded-For the audit log believes; empty: none.
+MMORCH_TRUSTED_PROXIES: list[str] = env.list("MMORCH_TRUSTED_PROXIES", default=[])
+for _proxy in MMORCH_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"MMORCH_TRUSTED_PROXIES: {_proxy!r} is not an address or CIDR range") from _exc
 
 # Largest request body the control plane reads (management API and /v1).
 DATA_UPLOAD_MAX_MEMORY_SIZE: int = env.int("MMORCH_MAX_BODY_BYTES", default=1_048_576)

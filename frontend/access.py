@@ -19,10 +19,10 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from core.audit import Actor
 from tenants.models import Membership, Tenant, TenantStatus, User
 from tenants.permissions import STAFF_SCOPES, Role, scopes_for_role
 from tenants.selectors import membership_get, tenant_get_by_slug
-from tenants.types import Actor
 
 
 @dataclass(frozen=True)

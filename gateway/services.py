@@ -16,6 +16,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from core.audit import Actor
+from core.errors import Conflict, ValidationFailed
 from gateway.models import (
     GrantSource,
     InferenceNode,
@@ -27,10 +29,8 @@ from gateway.models import (
 )
 from gateway.registry import registry
 from inference.client import probe_ready
-from tenants.exceptions import Conflict, ValidationFailed
+from tenants.audit import audit_record
 from tenants.models import Tenant
-from tenants.services import audit_record
-from tenants.types import Actor
 
 logger = logging.getLogger(__name__)
 

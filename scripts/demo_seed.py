@@ -28,12 +28,12 @@ from django.db import transaction  # noqa: E402
 
 from billing.models import Plan, Subscription  # noqa: E402
 from billing.services.plans import plan_create, price_set, subscription_create  # noqa: E402
+from core.audit import Actor  # noqa: E402
 from gateway.models import Model, ModelVersion, ModelVersionStatus, NodeState  # noqa: E402
 from gateway.services import model_create, model_version_create, node_register  # noqa: E402
 from tenants.models import Membership, Tenant, User  # noqa: E402
 from tenants.permissions import Role, scopes_for_role  # noqa: E402
 from tenants.services import key_authenticate, key_create, membership_create, tenant_create  # noqa: E402
-from tenants.types import Actor  # noqa: E402
 
 ACTOR = Actor(label="demo-seed")
 TENANTS = {"acme": "Acme Corporation", "globex": "Globex Inc."}

@@ -13,12 +13,13 @@ from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
+from core.audit import Actor
+from core.errors import ServiceError
 from tenants import services
-from tenants.exceptions import ServiceError
+from tenants.audit import audit_record
 from tenants.models import APIKey, AuditEvent, Invitation, Membership, Tenant, TenantLimits, User
 from tenants.permissions import Role
 from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS
-from tenants.types import Actor
 
 
 def _actor(request: HttpRequest) -> Actor:
@@ -68,7 +69,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def save_model(self, request: HttpRequest, obj: Tenant, form: ModelForm, change: bool) -> None:  # type: ignore[type-arg]
         if change:
             super().save_model(request, obj, form, change)  # name and billing email only
-            services.audit_record(
+            audit_record(
                 actor=_actor(request),
                 tenant=obj,
                 action="tenant.update",

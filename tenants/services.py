@@ -27,12 +27,13 @@ from django.db import IntegrityError, models, transaction
 from django.http import Http404
 from django.utils import timezone
 
-from tenants.exceptions import Conflict, PermissionRefused, ValidationFailed
+from core.audit import Actor
+from core.errors import Conflict, PermissionRefused, ValidationFailed
+from tenants.audit import audit_record
 from tenants.keycache import KeyCache
 from tenants.models import (
     SLUG_VALIDATOR,
     APIKey,
-    AuditEvent,
     Invitation,
     InvitationStatus,
     KeyKind,
@@ -44,10 +45,9 @@ from tenants.models import (
 )
 from tenants.permissions import ALL_SCOPES, KEY_MANAGER_ROLES, Role, scopes_for_role
 from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS, limits_from_rows, token_digest
-from tenants.types import Actor, KeyContext
+from tenants.types import KeyContext
 
 logger = logging.getLogger(__name__)
-SYSTEM = Actor()
 
 INFERENCE_PREFIX = "sk-"
 ADMIN_PREFIX = "sk-admin-"
@@ -81,43 +81,6 @@ def _full_clean(instance: models.Model, *, exclude: Iterable[str] = ()) -> None:
         instance.full_clean(exclude=list(exclude), validate_unique=False, validate_constraints=False)
     except DjangoValidationError as exc:
         _raise_from_django(exc)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    return value
-
-
-# --- audit -----------------------------------------------------------------------------------
-def audit_record(
-    *,
-    actor: Actor,
-    tenant: Tenant | None,
-    action: str,
-    target_type: str = "",
-    target_id: str | int = "",
-    before: Mapping[str, Any] | None = None,
-    after: Mapping[str, Any] | None = None,
-) -> AuditEvent:
-    """One audit event: who (user or key), what, on which target, what changed, from where."""
-    return AuditEvent.objects.create(
-        tenant=tenant,
-        actor_user_id=actor.user_id,
-        actor_key_id=actor.key_id,
-        actor_label=actor.label[:254],
-        action=action,
-        target_type=target_type,
-        target_id=str(target_id),
-        before={k: _json_value(v) for k, v in before.items()} if before is not None else None,
-        after={k: _json_value(v) for k, v in after.items()} if after is not None else None,
-        ip=actor.ip or None,
-        request_id=actor.request_id[:128],
-    )
 
 
 # --- tenants ---------------------------------------------------------------------------------

@@ -40,14 +40,3 @@ class KeyContext:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who performs a mutation, for the audit log: a user, a key, or the system."""
-
-    user_id: int | None = None
-    key_id: int | None = None
-    label: str = "system"
-    ip: str | None = None
-    request_id: str = ""

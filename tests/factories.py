@@ -17,10 +17,10 @@ from typing import Any
 
 from billing.models import Plan, Price, Subscription
 from billing.services.ingestion import usage_records_insert
+from core.audit import Actor
 from tenants import services
 from tenants.models import APIKey, KeyKind, Tenant, User
 from tenants.permissions import ALL_SCOPES, Role
-from tenants.types import Actor
 
 _counter = itertools.count(1)
 _journal_seq = itertools.count(1)

@@ -14,9 +14,9 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from core.audit import Actor
     from gateway import services as gw
     from tenants import services as tn
-    from tenants.types import Actor
 
     call_command("migrate", verbosity=0)
     actor = Actor(label="bench")

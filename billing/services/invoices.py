@@ -35,13 +35,12 @@ from billing.models import (
     UsageRecord,
 )
 from billing.money import from_minor, period_label, period_parse, to_minor, token_cost
-from tenants.exceptions import Conflict, ValidationFailed
+from core.audit import SYSTEM, Actor
+from core.errors import Conflict, ValidationFailed
+from tenants.audit import audit_record
 from tenants.models import Tenant
-from tenants.services import audit_record
-from tenants.types import Actor
 
 logger = logging.getLogger(__name__)
-SYSTEM = Actor()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,12 @@ from django.utils import timezone
 
 from billing.models import PRICE_DIGITS, PRICE_PLACES, Plan, Price, Subscription
 from billing.money import validate_currency
-from tenants.exceptions import Conflict, ValidationFailed
+from core.audit import Actor
+from core.errors import Conflict, ValidationFailed
+from tenants.audit import audit_record
 from tenants.models import Tenant
 from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS
-from tenants.services import audit_record, limits_update
-from tenants.types import Actor
+from tenants.services import limits_update
 
 
 def _decimal(value: Any, *, param: str, places: int, digits: int = PRICE_DIGITS) -> Decimal:

@@ -21,9 +21,9 @@ from billing.services.invoices import (
     invoice_payment_failed,
     invoice_void,
 )
-from tenants.exceptions import ServiceError, ValidationFailed
+from core.audit import Actor
+from core.errors import ServiceError, ValidationFailed
 from tenants.models import Tenant
-from tenants.types import Actor
 
 logger = logging.getLogger(__name__)
 STRIPE_ACTOR = Actor(label="stripe")

@@ -6,8 +6,8 @@ from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from core.errors import ServiceError
 from frontend.access import TenantContext
-from tenants.exceptions import ServiceError
 from tenants.permissions import Role
 
 

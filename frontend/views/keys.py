@@ -9,12 +9,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from core.errors import ServiceError
 from frontend.access import TenantContext, actor_from_request, tenant_page
 from frontend.forms import KeyCreateForm, KeyRotateForm
 from frontend.selectors import tenant_model_names
 from frontend.views.common import acting_role, render_invalid, service_error_to_form
 from tenants import services
-from tenants.exceptions import ServiceError
 from tenants.models import APIKey
 from tenants.selectors import key_get_in_tenant, key_list
 

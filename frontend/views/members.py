@@ -7,11 +7,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from core.errors import ServiceError
 from frontend.access import TenantContext, actor_from_request, tenant_page
 from frontend.forms import ROLE_CHOICES, InviteForm, RoleChangeForm
 from frontend.views.common import acting_role, render_invalid, service_error_to_form
 from tenants import services
-from tenants.exceptions import ServiceError
 from tenants.models import InvitationStatus
 from tenants.permissions import Role
 from tenants.selectors import invitation_get_in_tenant, invitation_list, member_list, membership_get_in_tenant

@@ -7,12 +7,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from core.errors import ServiceError
 from frontend.access import TenantContext, actor_from_request, staff_page, tenant_page
 from frontend.selectors import node_rows
 from gateway import services as gateway_services
 from gateway.models import ModelVersionStatus
 from gateway.selectors import model_get, model_list, model_list_for_tenant
-from tenants.exceptions import ServiceError
 
 
 @tenant_page("models:read", section="models")

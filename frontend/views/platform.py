@@ -9,12 +9,12 @@ from django.views.decorators.http import require_POST
 
 from billing.selectors import tenant_plan_get
 from billing.services.plans import subscription_create
+from core.errors import ServiceError
 from frontend.access import actor_from_request, staff_page
 from frontend.forms import LimitsForm, PlanForm, TenantCreateForm, TenantStatusForm
 from frontend.selectors import node_rows, plan_list_active
 from frontend.views.common import is_htmx, render_invalid, service_error_to_form
 from tenants import services
-from tenants.exceptions import ServiceError
 from tenants.models import Tenant
 from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS, tenant_get_by_slug, tenant_limits_get
 

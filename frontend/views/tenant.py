@@ -8,12 +8,12 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
+from core.errors import ServiceError
 from frontend.access import TenantContext, signed_in_page, tenant_page
 from frontend.forms import InvitationAcceptForm
 from frontend.selectors import inference_status, overview_data
 from frontend.views.common import render_invalid, service_error_to_form
 from tenants import services
-from tenants.exceptions import ServiceError
 from tenants.models import User
 from tenants.selectors import invitation_get_by_token, tenant_list_for_user
 

@@ -30,6 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.audit import Actor
 from tenants import selectors
 from tenants.api.authentication import KeyPrincipal
 from tenants.api.pagination import Pagination
@@ -37,7 +38,7 @@ from tenants.api.parsers import LimitedJSONParser
 from tenants.api.serializers import StrictSerializer
 from tenants.models import Membership, Tenant, TenantStatus, User
 from tenants.permissions import KEY_MANAGER_ROLES, STAFF_SCOPES, Role, scopes_for_role
-from tenants.types import Actor, KeyContext
+from tenants.types import KeyContext
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

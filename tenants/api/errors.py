@@ -16,7 +16,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from tenants.exceptions import ServiceError
+from core.errors import ServiceError
 
 # HTTP status → error type, for errors that do not name their own.
 _TYPES: dict[int, str] = {

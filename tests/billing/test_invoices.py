@@ -23,7 +23,7 @@ from billing.services.invoices import (
     invoice_mark_paid,
     invoice_void,
 )
-from tenants.exceptions import Conflict, ValidationFailed
+from core.errors import Conflict, ValidationFailed
 from tests import factories
 from tests.factories import journal_record, ledger_add, plan_with_price, subscribe_directly
 

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from billing.models import BillingRun, BillingRunOutcome, IngestCursor
 from billing.services import invoices
 from billing.services.invoices import billing_run
+from core.errors import ValidationFailed
 from gateway.services import node_register
-from tenants.exceptions import ValidationFailed
 from tests import factories
 
 

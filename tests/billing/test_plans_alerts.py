@@ -13,10 +13,10 @@ from billing.models import Price, Subscription, UsageAlert
 from billing.services.alerts import usage_alerts_check
 from billing.services.plans import plan_create, price_set, subscription_create
 from billing.services.spend import spend_feed_push
+from core.errors import Conflict, ValidationFailed
 from gateway import quota
 from gateway import services as gateway_services
 from gateway.models import ModelGrant
-from tenants.exceptions import Conflict, ValidationFailed
 from tenants.models import AuditEvent, TenantLimits
 from tenants.permissions import Role
 from tests import factories

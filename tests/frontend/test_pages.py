@@ -18,6 +18,7 @@ from pypdf import PdfReader
 from billing.models import Plan, Price
 from billing.money import format_minor
 from tenants import services
+from tenants.audit import audit_record
 from tenants.permissions import Role
 from tests.factories import journal_record, ledger_add
 from tests.frontend.conftest import SYSTEM, World, client_for, this_month_moment
@@ -192,7 +193,7 @@ def test_billing_pages_and_exports(world: World) -> None:
 
 def test_audit_log_filters_and_pages(world: World) -> None:
     for i in range(30):
-        services.audit_record(actor=SYSTEM, tenant=world.acme, action="key.update", target_type="api_key", target_id=i)
+        audit_record(actor=SYSTEM, tenant=world.acme, action="key.update", target_type="api_key", target_id=i)
     client = client_for(world.users[Role.ADMIN])
     first = client.get("/t/acme/audit/", {"action": "key.update"})
     assert first.context["page"].paginator.count == 30

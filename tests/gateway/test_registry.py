@@ -9,9 +9,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
+from core.errors import Conflict, ValidationFailed
 from gateway import selectors, services
 from gateway.models import InferenceNode, ModelGrant, NodeState
-from tenants.exceptions import Conflict, ValidationFailed
 from tenants.models import AuditEvent
 from tests import factories
 from tests.gateway.fakenode import FakeNode

@@ -53,8 +53,8 @@ def inference_metrics(live_node: InferenceNode) -> str:
 def control_plane_metrics(live_node: InferenceNode, django_db_setup: Any, django_db_blocker: Any) -> str:
     from billing.services.ingestion import usage_ingest_all
     from billing.services.invoices import billing_run
+    from core.audit import Actor
     from gateway.services import node_register
-    from tenants.types import Actor
 
     client = Client()
     with django_db_blocker.unblock(), transaction.atomic():

@@ -19,8 +19,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core.errors import PermissionRefused, ValidationFailed
 from tenants import keycache, services
-from tenants.exceptions import PermissionRefused, ValidationFailed
 from tenants.keycache import KeyCache
 from tenants.models import APIKey, KeyKind, Membership
 from tenants.permissions import Role

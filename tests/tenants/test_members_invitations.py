@@ -11,8 +11,8 @@ from django.core import mail
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core.errors import Conflict, PermissionRefused
 from tenants import services
-from tenants.exceptions import Conflict, PermissionRefused
 from tenants.models import Invitation, Membership, Tenant, User
 from tenants.permissions import Role
 from tests import factories

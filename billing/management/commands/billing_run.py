@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing.services.invoices import billing_run
-from tenants.exceptions import ServiceError
+from core.errors import ServiceError
 
 
 class Command(BaseCommand):

@@ -14,11 +14,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from core.audit import Actor
+from core.errors import ServiceError
 from gateway import services
 from gateway.models import InferenceNode, Model, ModelVersion, ModelVersionStatus, NodeState
-from tenants.exceptions import ServiceError
 from tenants.models import Tenant
-from tenants.types import Actor
 
 
 class Command(BaseCommand):

@@ -11,12 +11,12 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.audit import Actor
 from tenants import selectors, services
 from tenants.api.authentication import KeyPrincipal
 from tenants.api.base import StaffAPIView, TenantScopedAPIView
 from tenants.api.serializers import StrictCharField, StrictSerializer, page_serializer
 from tenants.models import Membership, Tenant, User
-from tenants.types import Actor
 
 
 class TenantOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]

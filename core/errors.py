@@ -1,6 +1,6 @@
 """Errors that services raise; the API's exception handler turns them into the one error body.
 
-Missing rows and rows of another tenant raise `django.http.Http404` instead (they look the same).
+Missing rows and rows of another tenant raise `NotFound` (they look the same).
 """
 
 from __future__ import annotations
@@ -38,3 +38,15 @@ class Conflict(ServiceError):
     status_code = 409
     error_type = "conflict_error"
     default_code = "conflict"
+
+
+class NotFound(ServiceError):
+    """No such row for this caller (404). A row of another tenant raises this too: the two look
+    the same from outside."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    default_code = "not_found"
+
+    def __init__(self, message: str = "Not found.", *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
