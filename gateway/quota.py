@@ -60,16 +60,23 @@ def scopes_for(ctx: KeyContext) -> tuple[Scope, Scope]:
     return (Scope(f"key:{ctx.key_id}", ctx.key_limits), Scope(f"tenant:{ctx.tenant_id}", ctx.tenant_limits))
 
 
-_period: tuple[float, str] = (0.0, "")
+# The cached month as [start, end) in epoch seconds and its label. Cached by its bounds, not for a
+# stretch of time: a request in the first second of a month must not count against the last one.
+_period: tuple[float, float, str] = (0.0, 0.0, "")
 
 
 def period_now() -> str:
-    """The billing month, "YYYY-MM" in UTC (recomputed at most once a second)."""
+    """The billing month, "YYYY-MM" in UTC."""
     global _period
+    start, end, label = _period
     now = time.time()
-    if now - _period[0] >= 1.0:
-        _period = (now, datetime.fromtimestamp(now, UTC).strftime("%Y-%m"))
-    return _period[1]
+    if not start <= now < end:
+        moment = datetime.fromtimestamp(now, UTC)
+        first = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+        following = datetime(first.year + first.month // 12, first.month % 12 + 1, 1, tzinfo=UTC)
+        label = first.strftime("%Y-%m")
+        _period = (first.timestamp(), following.timestamp(), label)
+    return label
 
 
 @dataclass(slots=True)
