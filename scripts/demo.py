@@ -1,11 +1,13 @@
 """`make demo`: set everything up (idempotent) and run the whole platform in the foreground.
 
 Embedded default: SQLite under var/, no Redis, the filesystem Celery broker. With DATABASE_URL
-and REDIS_URL set, PostgreSQL and Redis instead. Ctrl-C stops every process.
+and REDIS_URL set, PostgreSQL and Redis instead. A process that crashes is restarted with back-off
+(scripts/supervisor.py); Ctrl-C stops every process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -23,17 +25,18 @@ CONTROL_PLANE = ("127.0.0.1", 8000)
 INFERENCE_NODE = ("127.0.0.1", 8100)
 MODEL_DIR = DEMO / "models" / "demo-llama"
 
+sys.path.insert(0, str(ROOT))
+from scripts.supervisor import Supervisor  # noqa: E402
+
 
 def run(*args: str, env: dict[str, str]) -> None:
     subprocess.run(args, cwd=ROOT, env=env, check=True)
 
 
-def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+def wait_http(url: str, timeout: float, supervisor: Supervisor) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")  # type: ignore[arg-type]
+        supervisor.poll()
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -45,6 +48,7 @@ def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) ->
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -73,35 +77,20 @@ def main() -> None:
     }
     # Without Redis the quota counters live in one process, so the web server runs one worker.
     workers = "2" if env.get("REDIS_URL") else "1"
-    commands: list[tuple[list[str], dict[str, str]]] = [
-        ([PY, "-m", "inference"], node_env),
-        (
-            [
-                PY, "-m", "uvicorn", "config.asgi:application",
-                "--host", CONTROL_PLANE[0], "--port", str(CONTROL_PLANE[1]),
-                "--http", "httptools", "--loop", "uvloop", "--workers", workers, "--no-access-log", "--lifespan", "off",
-            ],
-            env,
-        ),
-        ([PY, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"], env),
-        (
-            [PY, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
-             "--schedule", str(VAR / "celery" / "beat-schedule")],
-            env,
-        ),
-    ]  # fmt: skip
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def stop_all() -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 15
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    host, port = CONTROL_PLANE
+    web = f"-m uvicorn config.asgi:application --host {host} --port {port} --http httptools --loop uvloop"
+    web += f" --workers {workers} --no-access-log --lifespan off"
+    celery = [PY, "-m", "celery", "-A", "config"]
+    beat_schedule = str(VAR / "celery" / "beat-schedule")
+    commands: list[tuple[str, list[str], dict[str, str]]] = [
+        ("inference-node", [PY, "-m", "inference"], node_env),
+        ("control-plane", [PY, *web.split()], env),
+        ("celery-worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"], env),
+        ("celery-beat", [*celery, "beat", "--loglevel", "INFO", "--schedule", beat_schedule], env),
+    ]
+    supervisor = Supervisor(cwd=ROOT)
+    for name, args, proc_env in commands:
+        supervisor.add(name, args, proc_env)
 
     def on_signal(*_: object) -> None:
         raise SystemExit(0)
@@ -109,17 +98,16 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        for args, proc_env in commands:
-            procs.append(subprocess.Popen(args, cwd=ROOT, env=proc_env))
-        supervise(procs, node_url)
+        supervisor.start_all()
+        supervise(supervisor, node_url)
     finally:
-        stop_all()
+        supervisor.stop_all()
 
 
-def supervise(procs: list[subprocess.Popen[bytes]], node_url: str) -> None:
-    """Waits until the platform is ready, then until a process exits (an error) or Ctrl-C."""
-    wait_http(f"{node_url}/ready", 180, procs)
-    wait_http(f"http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/readyz", 120, procs)
+def supervise(supervisor: Supervisor, node_url: str) -> None:
+    """Waits until the platform is ready, then restarts what crashes until Ctrl-C."""
+    wait_http(f"{node_url}/ready", 180, supervisor)
+    wait_http(f"http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/readyz", 120, supervisor)
     print(
         "\nmm-orch is running:\n"
         f"  dashboard   http://{CONTROL_PLANE[0]}:{CONTROL_PLANE[1]}/\n"
@@ -129,10 +117,8 @@ def supervise(procs: list[subprocess.Popen[bytes]], node_url: str) -> None:
         flush=True,
     )
     while True:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}; stopping")  # type: ignore[arg-type]
-        time.sleep(1)
+        supervisor.poll()
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":
