@@ -6,6 +6,7 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from xml.sax.saxutils import escape
 
 from django.conf import settings
 from reportlab.lib import colors
@@ -105,6 +106,12 @@ def csv_stream(header: Iterable[str], rows: Iterable[list[str]]) -> Iterator[str
         yield writer.writerow(row)
 
 
+def _text(value: object) -> str:
+    """A value as Paragraph text: ReportLab parses `<b>`, `&amp;` and the like in a Paragraph, so
+    names people chose (a tenant called "A & B <Ltd>") are escaped, not interpreted."""
+    return escape(str(value))
+
+
 def invoice_pdf(invoice: Invoice, lines: Iterable[InvoiceLine]) -> bytes:
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
@@ -114,14 +121,14 @@ def invoice_pdf(invoice: Invoice, lines: Iterable[InvoiceLine]) -> bytes:
     c = invoice.currency
     title = "Credit note" if invoice.kind == "credit_note" else "Invoice"
     story: list[object] = [
-        Paragraph(f"{settings.BILLING_ISSUER_NAME} - {title} {invoice.number}", styles["Title"]),
-        Paragraph(f"Billed to: {invoice.tenant.name} ({invoice.tenant.slug})", styles["Normal"]),
+        Paragraph(_text(f"{settings.BILLING_ISSUER_NAME} - {title} {invoice.number}"), styles["Title"]),
+        Paragraph(_text(f"Billed to: {invoice.tenant.name} ({invoice.tenant.slug})"), styles["Normal"]),
         Paragraph(
             f"Period: {invoice.period_start:%Y-%m-%d} to {invoice.period_end:%Y-%m-%d} (UTC, end exclusive)",
             styles["Normal"],
         ),
         Paragraph(
-            f"Issued: {_date(invoice.issued_at)}  Due: {_date(invoice.due_at)}  Status: {invoice.status}",
+            _text(f"Issued: {_date(invoice.issued_at)}  Due: {_date(invoice.due_at)}  Status: {invoice.status}"),
             styles["Normal"],
         ),
         Spacer(1, 6 * mm),
@@ -153,6 +160,6 @@ def invoice_pdf(invoice: Invoice, lines: Iterable[InvoiceLine]) -> bytes:
     )
     story.append(table)
     story.append(Spacer(1, 6 * mm))
-    story.append(Paragraph(f"Total due: {format_minor(invoice.total_minor, c)} {c}", styles["Heading2"]))
+    story.append(Paragraph(_text(f"Total due: {format_minor(invoice.total_minor, c)} {c}"), styles["Heading2"]))
     doc.build(story)  # type: ignore[arg-type]
     return buffer.getvalue()

@@ -5,25 +5,47 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+
+from babel.core import get_global
+from babel.numbers import get_currency_precision, get_territory_currencies
 
 from core.errors import ValidationFailed
 
 ONE_MILLION = Decimal(1_000_000)
-# ISO 4217 minor units of currencies that differ from the usual 2.
-_MINOR_UNITS: dict[str, int] = {"JPY": 0, "KRW": 0, "CLP": 0, "VND": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3}
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-def currency_exponent(currency: str) -> int:
-    return _MINOR_UNITS.get(currency.upper(), 2)
+@cache
+def tender_currencies() -> frozenset[str]:
+    """ISO 4217 codes that are legal tender in some territory (CLDR's data, through babel).
+
+    Obsolete codes (DEM), funds and metals (XAU) are not: nobody is invoiced in them.
+    """
+    territories = get_global("territory_currencies")
+    return frozenset(code for t in territories for code in get_territory_currencies(t, tender=True))
 
 
 def validate_currency(currency: str) -> str:
     value = (currency or "").strip().upper()
     if not _CURRENCY_RE.match(value):
         raise ValidationFailed("currency is a 3-letter ISO 4217 code.", param="currency", code="invalid_currency")
+    if value not in tender_currencies():
+        raise ValidationFailed(
+            f"{value} is not a currency in use (ISO 4217).", param="currency", code="unknown_currency"
+        )
     return value
+
+
+@cache
+def currency_exponent(currency: str) -> int:
+    """Digits of the minor unit: 2 for USD, 0 for JPY or XOF, 3 for JOD (CLDR's currency data).
+
+    Stripe, invoices and exports all count in these minor units, so an unknown code is refused
+    rather than guessed.
+    """
+    return int(get_currency_precision(validate_currency(currency)))
 
 
 def to_minor(amount: Decimal, currency: str) -> int:
