@@ -100,7 +100,7 @@ async def test_tokens_settle_to_the_real_usage(fake_node: FakeNode, world_factor
     # Reserved 500 + the prompt estimate (1 + 4 per message) at admission...
     assert response["x-ratelimit-remaining-tokens"] == "495"
     await asyncio.sleep(0.05)  # settling runs right after the response
-    peek = await quota_backend.peek(quota.scopes_for(await key_context(world)))
+    peek = await quota_backend.peek(quota.subjects_for(await key_context(world)))
     # ...and settled to what the node reported: 7 prompt + 6 completion tokens.
     # (The bucket also drains at 1000/min, about 17 tokens a second, hence the small slack.)
     used = PROMPT_TOKENS + 6
