@@ -175,9 +175,13 @@ def test_scope_escalation_is_refused() -> None:
         )
     with pytest.raises(PermissionRefused, match="limits:write"):
         services.key_create(
-            tenant=tenant, created_by=users[Role.OWNER], name="x", kind=KeyKind.ADMIN, scopes=["limits:write"],
+            tenant=tenant,
+            created_by=users[Role.OWNER],
+            name="x",
+            kind=KeyKind.ADMIN,
+            scopes=["limits:write"],
             actor=factories.SYSTEM,
-        )  # fmt: skip
+        )
     # Staff may grant any scope.
     staff = factories.staff_user()
     key, _ = services.key_create(
