@@ -6,14 +6,20 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
 from billing.models import (
     BillingRun,
     IngestCursor,
     Invoice,
+    InvoiceKind,
     InvoiceLine,
     InvoiceStatus,
     Plan,
@@ -22,7 +28,7 @@ from billing.models import (
     UsageAlert,
     UsageRecord,
 )
-from billing.services.invoices import invoice_mark_paid, invoice_void
+from billing.services.invoices import credit_note_create, invoice_mark_paid, invoice_void
 from billing.services.plans import price_set, subscription_create
 from core.audit import Actor
 from core.errors import ServiceError
@@ -83,9 +89,13 @@ class PriceForm(_ServiceForm):
     def _run(self) -> Price:
         data = self.cleaned_data
         return price_set(
-            plan=data["plan"], model_name=data["model_name"], input_per_1m=data["input_per_1m"],
-            output_per_1m=data["output_per_1m"], effective_from=data["effective_from"], actor=self.request_actor,
-        )  # fmt: skip
+            plan=data["plan"],
+            model_name=data["model_name"],
+            input_per_1m=data["input_per_1m"],
+            output_per_1m=data["output_per_1m"],
+            effective_from=data["effective_from"],
+            actor=self.request_actor,
+        )
 
 
 class SubscriptionForm(_ServiceForm):
@@ -133,12 +143,26 @@ class InvoiceLineInline(admin.TabularInline):  # type: ignore[type-arg]
     model = InvoiceLine
     extra = 0
     can_delete = False
-    readonly_fields = ("position", "line_type", "description", "model_name", "model_version", "token_kind", "units",
-                       "unit_price_per_1m", "amount_minor")  # fmt: skip
+    readonly_fields = (
+        "position",
+        "line_type",
+        "description",
+        "model_name",
+        "model_version",
+        "token_kind",
+        "units",
+        "unit_price_per_1m",
+        "amount_minor",
+    )
     fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class CreditNoteForm(forms.Form):
+    amount = forms.DecimalField(max_digits=18, decimal_places=6, help_text="In the invoice's currency.")
+    reason = forms.CharField(max_length=300, help_text="Shown on the credit note.")
 
 
 @admin.register(Invoice)
@@ -148,9 +172,55 @@ class InvoiceAdmin(ReadOnlyAdmin):
     search_fields = ("number", "tenant__slug")
     inlines = [InvoiceLineInline]
     actions = ["mark_paid", "mark_void"]
+    readonly_fields = ("credit_note",)
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return bool(request.user.is_staff)
+
+    def get_urls(self) -> list[URLPattern]:
+        credit = path(
+            "<int:invoice_id>/credit-note/",
+            self.admin_site.admin_view(self.credit_note_view),
+            name="billing_invoice_credit_note",
+        )
+        return [credit, *super().get_urls()]
+
+    @admin.display(description="Credit note")
+    def credit_note(self, invoice: Invoice) -> str:
+        if invoice.pk is None or invoice.kind != InvoiceKind.INVOICE:
+            return "-"
+        url = reverse("admin:billing_invoice_credit_note", args=[invoice.pk])
+        return format_html('<a href="{}">Issue a credit note</a>', url)
+
+    def credit_note_view(self, request: HttpRequest, invoice_id: int) -> HttpResponse:
+        """Finance corrects an issued invoice: `credit_note_create` checks the amount and state."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        invoice = Invoice.objects.select_related("tenant").filter(pk=invoice_id).first()
+        if invoice is None:
+            raise Http404("No such invoice.")
+        form = CreditNoteForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                note = credit_note_create(
+                    invoice=invoice,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    actor=_actor(request),
+                )
+            except ServiceError as exc:
+                form.add_error("amount" if exc.param == "amount" else None, exc.message)
+            else:
+                self.message_user(request, f"Credit note {note.number} issued for {invoice.number}.")
+                return redirect("admin:billing_invoice_change", note.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Credit note for {invoice.number}",
+            "opts": self.model._meta,
+            "original": invoice,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/billing/invoice/credit_note.html", context)
 
     @admin.action(description="Mark selected invoices paid")
     def mark_paid(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
@@ -174,8 +244,16 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ("request_id", "tenant", "model_name", "prompt_tokens", "completion_tokens", "outcome", "cost",
-                    "started_at")  # fmt: skip
+    list_display = (
+        "request_id",
+        "tenant",
+        "model_name",
+        "prompt_tokens",
+        "completion_tokens",
+        "outcome",
+        "cost",
+        "started_at",
+    )
     list_filter = ("outcome",)
     search_fields = ("request_id",)
 

@@ -6,14 +6,13 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
-from django.http import Http404
 from django.utils import timezone
 
 from billing.models import Bucket, Invoice, InvoiceLine, Plan, Price, Subscription, UsageRollup
 from billing.money import month_next, month_start
+from core.errors import NotFound
 from tenants.models import Tenant
 
 
@@ -29,12 +28,12 @@ def invoice_list(*, tenant: Tenant | None, status: str | None = None) -> QuerySe
 
 
 def invoice_get_in_tenant(invoice_id: int | str, tenant: Tenant) -> Invoice:
-    """By id or number; another tenant's invoice and a missing one both raise Http404."""
+    """By id or number; another tenant's invoice and a missing one both raise NotFound."""
     qs = Invoice.objects.select_related("tenant").filter(tenant=tenant).exclude(status="draft")
     raw = str(invoice_id)
     invoice = qs.filter(pk=int(raw)).first() if raw.isdigit() else qs.filter(number=raw).first()
     if invoice is None:
-        raise Http404("No such invoice.")
+        raise NotFound("No such invoice.")
     return invoice
 
 
@@ -106,11 +105,6 @@ def plan_list(*, now: datetime | None = None) -> list[PlanPrices]:
     return [PlanPrices(plan, _prices_in_effect(plan.prices_so_far)) for plan in plans]  # type: ignore[attr-defined]
 
 
-def price_list(*, plan: Plan) -> QuerySet[Price]:
-    """Every price of a plan, past and scheduled."""
-    return Price.objects.filter(plan=plan).order_by("model_name", "effective_from")
-
-
 # --- usage -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class UsageSummary:
@@ -136,22 +130,6 @@ def usage_summary_month(*, tenant: Tenant, month: datetime | None = None) -> lis
         UsageSummary(r["model_name"], int(r["n"] or 0), int(r["inp"] or 0), int(r["out"] or 0), r["cost"] or Decimal(0))
         for r in rows
     ]
-
-
-def usage_daily(*, tenant: Tenant, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Daily totals (all models and keys) in [start, end), for charts."""
-    rows = (
-        UsageRollup.objects.filter(tenant=tenant, bucket=Bucket.DAY, bucket_start__gte=start, bucket_start__lt=end)
-        .values("bucket_start")
-        .annotate(
-            requests=Sum("requests"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            cost=Sum("cost"),
-        )
-        .order_by("bucket_start")
-    )
-    return [dict(row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)

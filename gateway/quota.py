@@ -35,8 +35,8 @@ PREFIX = "mmorch:q"
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
-    """One party that limits apply to: `key:<id>` or `tenant:<id>`."""
+class QuotaSubject:
+    """A key or a tenant with its limits, which quotas count against: `key:<id>` or `tenant:<id>`."""
 
     name: str
     limits: EffectiveLimits
@@ -56,8 +56,15 @@ def _opt(value: int | None) -> str:
     return "-1" if value is None else str(int(value))
 
 
-def scopes_for(ctx: KeyContext) -> tuple[Scope, Scope]:
-    return (Scope(f"key:{ctx.key_id}", ctx.key_limits), Scope(f"tenant:{ctx.tenant_id}", ctx.tenant_limits))
+def subjects_for(ctx: KeyContext) -> tuple[QuotaSubject, QuotaSubject]:
+    """The key, then its tenant: a request is admitted only when both have room."""
+    return (
+        QuotaSubject(f"key:{ctx.key_id}", ctx.key_limits),
+        QuotaSubject(f"tenant:{ctx.tenant_id}", ctx.tenant_limits),
+    )
+
+
+scopes_for = subjects_for  # the old name, still imported by gateway.proxy
 
 
 # The cached month as [start, end) in epoch seconds and its label. Cached by its bounds, not for a
@@ -95,7 +102,7 @@ class Decision:
     reset_tokens_ms: int = 0
     lease: str = ""
     reserved: int = 0
-    scopes: tuple[Scope, ...] = field(default_factory=tuple)
+    subjects: tuple[QuotaSubject, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> Decision:
@@ -143,31 +150,31 @@ def duration_text(ms: int) -> str:
 
 
 class QuotaBackend(Protocol):
-    async def admit(self, scopes: Sequence[Scope], *, tokens: int) -> Decision: ...
+    async def admit(self, subjects: Sequence[QuotaSubject], *, tokens: int) -> Decision: ...
 
     async def settle(self, decision: Decision, *, used_tokens: int, refund_request: bool = False) -> None: ...
 
     async def renew(self, decision: Decision) -> None: ...
 
-    async def peek(self, scopes: Sequence[Scope]) -> Decision: ...
+    async def peek(self, subjects: Sequence[QuotaSubject]) -> Decision: ...
 
-    def baseline_set(self, scope_name: str, period: str, tokens: int, spend: Decimal) -> None: ...
+    def baseline_set(self, subject_name: str, period: str, tokens: int, spend: Decimal) -> None: ...
 
     def reset(self) -> None: ...
 
 
-def _keys(scopes: Sequence[Scope], period: str) -> list[str]:
+def _keys(subjects: Sequence[QuotaSubject], period: str) -> list[str]:
     keys: list[str] = []
-    for scope in scopes:
-        base = f"{PREFIX}:{scope.name}"
+    for subject in subjects:
+        base = f"{PREFIX}:{subject.name}"
         keys += [f"{base}:rpm", f"{base}:tpm", f"{base}:leases", f"{base}:mtok:{period}", f"{base}:mspend:{period}"]
     return keys
 
 
-def _args(mode: str, scopes: Sequence[Scope], *extra: object) -> list[str]:
-    args = [mode, str(len(scopes))]
-    for scope in scopes:
-        args += scope.limit_args()
+def _args(mode: str, subjects: Sequence[QuotaSubject], *extra: object) -> list[str]:
+    args = [mode, str(len(subjects))]
+    for subject in subjects:
+        args += subject.limit_args()
     args += [str(v) for v in extra]
     return args
 
@@ -193,44 +200,44 @@ class RedisQuota:
             self._sync = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
         return self._sync
 
-    async def admit(self, scopes: Sequence[Scope], *, tokens: int) -> Decision:
+    async def admit(self, subjects: Sequence[QuotaSubject], *, tokens: int) -> Decision:
         lease = uuid.uuid4().hex
         reply = await self._pipe.evalsha(
-            _keys(scopes, period_now()), _args("admit", scopes, tokens, lease, lease_ttl_ms(), MONTH_TTL_S)
+            _keys(subjects, period_now()), _args("admit", subjects, tokens, lease, lease_ttl_ms(), MONTH_TTL_S)
         )
         decision = Decision.from_reply(reply)
         if decision.admitted:
-            decision.lease, decision.reserved, decision.scopes = lease, tokens, tuple(scopes)
+            decision.lease, decision.reserved, decision.subjects = lease, tokens, tuple(subjects)
         return decision
 
     async def settle(self, decision: Decision, *, used_tokens: int, refund_request: bool = False) -> None:
         await self._pipe.evalsha(
-            _keys(decision.scopes, period_now()),
+            _keys(decision.subjects, period_now()),
             _args(
-                "settle", decision.scopes, used_tokens - decision.reserved, 1 if refund_request else 0, decision.lease
+                "settle", decision.subjects, used_tokens - decision.reserved, 1 if refund_request else 0, decision.lease
             ),
         )
 
     async def renew(self, decision: Decision) -> None:
         await self._pipe.evalsha(
-            _keys(decision.scopes, period_now()), _args("renew", decision.scopes, decision.lease, lease_ttl_ms())
+            _keys(decision.subjects, period_now()), _args("renew", decision.subjects, decision.lease, lease_ttl_ms())
         )
 
-    async def peek(self, scopes: Sequence[Scope]) -> Decision:
-        reply = await self._pipe.evalsha(_keys(scopes, period_now()), _args("peek", scopes, 0, "", 0, MONTH_TTL_S))
+    async def peek(self, subjects: Sequence[QuotaSubject]) -> Decision:
+        reply = await self._pipe.evalsha(_keys(subjects, period_now()), _args("peek", subjects, 0, "", 0, MONTH_TTL_S))
         decision = Decision.from_reply(reply)
         decision.admitted = True
         decision.code = ""
         return decision
 
-    def baseline_set(self, scope_name: str, period: str, tokens: int, spend: Decimal) -> None:
-        scope = Scope(scope_name, EffectiveLimits())
+    def baseline_set(self, subject_name: str, period: str, tokens: int, spend: Decimal) -> None:
+        subject = QuotaSubject(subject_name, EffectiveLimits())
         client = self._sync_client()
         client.eval(
             SCRIPT,
             5,
-            *_keys([scope], period),
-            *_args("baseline", [scope], int(tokens), str(spend), MONTH_TTL_S),
+            *_keys([subject], period),
+            *_args("baseline", [subject], int(tokens), str(spend), MONTH_TTL_S),
         )
 
     def reset(self) -> None:
@@ -267,7 +274,7 @@ class MemoryQuota:
     def _store(self, key: str, level: float, now: float) -> None:
         self._buckets[key] = _Bucket(max(0.0, level), now)
 
-    def _admit(self, scopes: Sequence[Scope], tokens: int, mode: str, lease: str) -> Decision:
+    def _admit(self, subjects: Sequence[QuotaSubject], tokens: int, mode: str, lease: str) -> Decision:
         now = self._now_ms()
         period = period_now()
         cost = tokens if mode == "admit" else 0
@@ -276,9 +283,9 @@ class MemoryQuota:
         fail_code, fail_reason, retry = "", "", 0.0
         rr = rt = -1.0
         levels: list[tuple[float, float]] = []
-        for scope in scopes:
-            lim = scope.limits
-            base = scope.name
+        for subject in subjects:
+            lim = subject.limits
+            base = subject.name
             rl = tl = 0.0
             spent = self._month.get(f"{base}:mspend:{period}", Decimal(0))
             used = self._month.get(f"{base}:mtok:{period}", Decimal(0))
@@ -341,8 +348,8 @@ class MemoryQuota:
             return d
         d.admitted = True
         ttl = lease_ttl_ms()
-        for scope, (rl, tl) in zip(scopes, levels, strict=True):
-            lim, base = scope.limits, scope.name
+        for subject, (rl, tl) in zip(subjects, levels, strict=True):
+            lim, base = subject.limits, subject.name
             if lim.requests_per_minute is not None:
                 self._store(f"{base}:rpm", rl + 1, now)
             if lim.tokens_per_minute is not None:
@@ -351,24 +358,24 @@ class MemoryQuota:
                 self._leases.setdefault(base, {})[lease] = now + ttl
             month_key = f"{base}:mtok:{period}"
             self._month[month_key] = self._month.get(month_key, Decimal(0)) + cost
-        d.lease, d.reserved, d.scopes = lease, tokens, tuple(scopes)
+        d.lease, d.reserved, d.subjects = lease, tokens, tuple(subjects)
         return d
 
-    async def admit(self, scopes: Sequence[Scope], *, tokens: int) -> Decision:
+    async def admit(self, subjects: Sequence[QuotaSubject], *, tokens: int) -> Decision:
         with self._lock:
-            return self._admit(scopes, tokens, "admit", uuid.uuid4().hex)
+            return self._admit(subjects, tokens, "admit", uuid.uuid4().hex)
 
-    async def peek(self, scopes: Sequence[Scope]) -> Decision:
+    async def peek(self, subjects: Sequence[QuotaSubject]) -> Decision:
         with self._lock:
-            return self._admit(scopes, 0, "peek", "")
+            return self._admit(subjects, 0, "peek", "")
 
     async def settle(self, decision: Decision, *, used_tokens: int, refund_request: bool = False) -> None:
         delta = used_tokens - decision.reserved
         now = self._now_ms()
         period = period_now()
         with self._lock:
-            for scope in decision.scopes:
-                lim, base = scope.limits, scope.name
+            for subject in decision.subjects:
+                lim, base = subject.limits, subject.name
                 if lim.tokens_per_minute is not None and delta:
                     self._store(f"{base}:tpm", self._level(f"{base}:tpm", lim.tokens_per_minute, now) + delta, now)
                 if lim.requests_per_minute is not None and refund_request:
@@ -381,16 +388,16 @@ class MemoryQuota:
     async def renew(self, decision: Decision) -> None:
         now = self._now_ms()
         with self._lock:
-            for scope in decision.scopes:
-                leases = self._leases.get(scope.name, {})
+            for subject in decision.subjects:
+                leases = self._leases.get(subject.name, {})
                 if decision.lease in leases:
                     leases[decision.lease] = now + lease_ttl_ms()
 
-    def baseline_set(self, scope_name: str, period: str, tokens: int, spend: Decimal) -> None:
+    def baseline_set(self, subject_name: str, period: str, tokens: int, spend: Decimal) -> None:
         with self._lock:
             for key, value in (
-                (f"{scope_name}:mtok:{period}", Decimal(tokens)),
-                (f"{scope_name}:mspend:{period}", spend),
+                (f"{subject_name}:mtok:{period}", Decimal(tokens)),
+                (f"{subject_name}:mspend:{period}", spend),
             ):
                 if self._month.get(key, Decimal(0)) < value:
                     self._month[key] = value
@@ -427,5 +434,5 @@ def usage_baseline_set(*, tenant_id: int, key_id: int | None, period: str, token
     whole tenant when `key_id` is None. The live counters keep the larger value."""
     if len(period) != 7 or period[4] != "-":
         raise ValueError("period must look like YYYY-MM")
-    scope_name = f"tenant:{tenant_id}" if key_id is None else f"key:{key_id}"
-    backend().baseline_set(scope_name, period, int(tokens), Decimal(spend))
+    subject_name = f"tenant:{tenant_id}" if key_id is None else f"key:{key_id}"
+    backend().baseline_set(subject_name, period, int(tokens), Decimal(spend))

@@ -1,11 +1,11 @@
 """The one Lua script behind every quota operation (admit, settle, renew, peek, baseline).
 
-Each scope (the key, then the tenant) owns five Redis keys: a request bucket and a token
+Each subject (the key, then the tenant) owns five Redis keys: a request bucket and a token
 bucket (hashes {l = level, t = ms}), a lease sorted set (member = lease id, score = expiry
 ms), and the month's token and spend counters. Buckets drain continuously at limit/60 s, so a
 limit of N per minute admits a burst of N and then one more every 60/N seconds.
 
-ARGV: mode, scope count S, then S x 5 limits (-1 = none: rpm, tpm, concurrency, monthly
+ARGV: mode, subject count S, then S x 5 limits (-1 = none: rpm, tpm, concurrency, monthly
 tokens, monthly spend), then mode-specific values. Time comes from Redis so every gateway
 process agrees. Numbers come back as integers (Lua floats would be truncated by Redis).
 """
@@ -83,7 +83,7 @@ local cost = tonumber(ARGV[A + 1])
 local reqcost = 1
 if mode == 'peek' then reqcost = 0; cost = 0 end
 local fail_code, fail_reason, retry = '', '', 0
--- Header values: the scope with the least left, per dimension (-1: no limit anywhere).
+-- Header values: the subject with the least left, per dimension (-1: no limit anywhere).
 local lr, rr, sr, lt, rt, st = -1, -1, -1, -1, -1, -1
 local levels = {}
 for i = 1, S do

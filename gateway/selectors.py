@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from django.http import Http404
 
+from core.errors import NotFound
 from gateway.models import InferenceNode, Model, ModelGrant, ModelVersion, NodeState
 from tenants.models import Tenant
 
@@ -16,25 +16,25 @@ def model_list() -> QuerySet[Model]:
 def model_get(name: str) -> Model:
     model = Model.objects.filter(name=name).first()
     if model is None:
-        raise Http404("No such model.")
+        raise NotFound("No such model.")
     return model
 
 
 def model_version_get(model: Model, version: str) -> ModelVersion:
     row = ModelVersion.objects.select_related("model").filter(model=model, version=version).first()
     if row is None:
-        raise Http404("No such model version.")
+        raise NotFound("No such model version.")
     return row
 
 
 def model_versions_by_label(labels: list[str]) -> list[ModelVersion]:
-    """Versions named "<model>@<version>"; raises Http404 naming the first unknown one."""
+    """Versions named "<model>@<version>"; raises NotFound naming the first unknown one."""
     found: list[ModelVersion] = []
     for label in labels:
         name, _, version = label.rpartition("@")
         row = ModelVersion.objects.select_related("model").filter(model__name=name, version=version).first()
         if row is None:
-            raise Http404(f"No model version {label!r}.")
+            raise NotFound(f"No model version {label!r}.")
         found.append(row)
     return found
 
@@ -45,10 +45,6 @@ def model_list_for_tenant(*, tenant: Tenant) -> QuerySet[Model]:
     return Model.objects.filter(id__in=granted).prefetch_related("versions").order_by("name")
 
 
-def model_grant_list(*, tenant: Tenant) -> QuerySet[ModelGrant]:
-    return ModelGrant.objects.select_related("model").filter(tenant=tenant).order_by("model__name", "source")
-
-
 def node_list() -> QuerySet[InferenceNode]:
     """Every registered node, whatever its state (billing pulls all their journals)."""
     return InferenceNode.objects.prefetch_related("versions__model").order_by("name")
@@ -57,7 +53,7 @@ def node_list() -> QuerySet[InferenceNode]:
 def node_get(name: str) -> InferenceNode:
     node = InferenceNode.objects.prefetch_related("versions__model").filter(name=name).first()
     if node is None:
-        raise Http404("No such node.")
+        raise NotFound("No such node.")
     return node
 
 

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.audit import Actor
 from core.errors import Conflict, ValidationFailed
+from core.validation import full_clean_or_raise
 from gateway.models import (
     GrantSource,
     InferenceNode,
@@ -37,14 +37,6 @@ logger = logging.getLogger(__name__)
 
 def _invalidate() -> None:
     transaction.on_commit(registry.invalidate)
-
-
-def _full_clean(instance: models.Model, *, exclude: Iterable[str] = ()) -> None:
-    try:
-        instance.full_clean(exclude=list(exclude), validate_unique=False, validate_constraints=False)
-    except DjangoValidationError as exc:
-        field, messages = next(iter(exc.message_dict.items()))
-        raise ValidationFailed(messages[0], param=None if field == "__all__" else field) from None
 
 
 def _model_state(model: Model) -> dict[str, Any]:
@@ -76,12 +68,18 @@ def _node_state(node: InferenceNode) -> dict[str, Any]:
 @transaction.atomic
 def model_create(*, name: str, actor: Actor, description: str = "", owned_by: str = "mm-orch") -> Model:
     model = Model(name=name, description=description, owned_by=owned_by or "mm-orch")
-    _full_clean(model)
+    full_clean_or_raise(model)
     if Model.objects.filter(name=name).exists():
         raise Conflict(f"A model named {name!r} already exists.", param="name", code="already_exists")
     model.save()
-    audit_record(actor=actor, tenant=None, action="model.create", target_type="model", target_id=model.pk,
-                 after=_model_state(model))  # fmt: skip
+    audit_record(
+        actor=actor,
+        tenant=None,
+        action="model.create",
+        target_type="model",
+        target_id=model.pk,
+        after=_model_state(model),
+    )
     _invalidate()
     return model
 
@@ -95,10 +93,17 @@ def model_update(*, model: Model, actor: Actor, **fields: Any) -> Model:
     before = _model_state(model)
     for name, value in fields.items():
         setattr(model, name, value)
-    _full_clean(model)
+    full_clean_or_raise(model)
     model.save()
-    audit_record(actor=actor, tenant=None, action="model.update", target_type="model", target_id=model.pk,
-                 before=before, after=_model_state(model))  # fmt: skip
+    audit_record(
+        actor=actor,
+        tenant=None,
+        action="model.update",
+        target_type="model",
+        target_id=model.pk,
+        before=before,
+        after=_model_state(model),
+    )
     _invalidate()
     return model
 
@@ -140,15 +145,26 @@ def model_version_create(
 ) -> ModelVersion:
     _check_version_fields(status, traffic_weight, dict(parameters or {}))
     row = ModelVersion(
-        model=model, version=version, engine=engine, artifact_uri=artifact_uri, parameters=dict(parameters or {}),
-        status=status, traffic_weight=traffic_weight,
-    )  # fmt: skip
-    _full_clean(row, exclude=["model"])
+        model=model,
+        version=version,
+        engine=engine,
+        artifact_uri=artifact_uri,
+        parameters=dict(parameters or {}),
+        status=status,
+        traffic_weight=traffic_weight,
+    )
+    full_clean_or_raise(row, exclude=["model"])
     if ModelVersion.objects.filter(model=model, version=version).exists():
         raise Conflict(f"{model.name} already has a version {version!r}.", param="version", code="already_exists")
     row.save()
-    audit_record(actor=actor, tenant=None, action="model_version.create", target_type="model_version",
-                 target_id=row.pk, after=_version_state(row))  # fmt: skip
+    audit_record(
+        actor=actor,
+        tenant=None,
+        action="model_version.create",
+        target_type="model_version",
+        target_id=row.pk,
+        after=_version_state(row),
+    )
     _invalidate()
     return row
 
@@ -164,12 +180,19 @@ def model_version_update(*, version: ModelVersion, actor: Actor, **fields: Any) 
     before = _version_state(version)
     for name, value in fields.items():
         setattr(version, name, value)
-    _full_clean(version, exclude=["model"])
+    full_clean_or_raise(version, exclude=["model"])
     version.save()
     after = _version_state(version)
     if after != before:
-        audit_record(actor=actor, tenant=None, action="model_version.update", target_type="model_version",
-                     target_id=version.pk, before=before, after=after)  # fmt: skip
+        audit_record(
+            actor=actor,
+            tenant=None,
+            action="model_version.update",
+            target_type="model_version",
+            target_id=version.pk,
+            before=before,
+            after=after,
+        )
     _invalidate()
     return version
 
@@ -190,8 +213,15 @@ def model_traffic_set(*, model: Model, weights: Mapping[str, int], actor: Actor)
             row.save(update_fields=["traffic_weight"])
             changed.append(row)
     before = {name: versions[name].traffic_weight for name in versions}
-    audit_record(actor=actor, tenant=None, action="model.traffic_set", target_type="model", target_id=model.pk,
-                 after={"weights": dict(weights)}, before={"weights": before})  # fmt: skip
+    audit_record(
+        actor=actor,
+        tenant=None,
+        action="model.traffic_set",
+        target_type="model",
+        target_id=model.pk,
+        after={"weights": dict(weights)},
+        before={"weights": before},
+    )
     _invalidate()
     return list(versions.values())
 
@@ -207,8 +237,14 @@ def model_grant_create(*, tenant: Tenant, model: Model, actor: Actor, source: st
     _check_source(source)
     grant, created = ModelGrant.objects.get_or_create(tenant=tenant, model=model, source=source)
     if created:
-        audit_record(actor=actor, tenant=tenant, action="model_grant.create", target_type="model_grant",
-                     target_id=grant.pk, after={"model": model.name, "source": source})  # fmt: skip
+        audit_record(
+            actor=actor,
+            tenant=tenant,
+            action="model_grant.create",
+            target_type="model_grant",
+            target_id=grant.pk,
+            after={"model": model.name, "source": source},
+        )
         _invalidate()
     return grant
 
@@ -218,8 +254,14 @@ def model_grant_delete(*, tenant: Tenant, model: Model, actor: Actor, source: st
     _check_source(source)
     deleted, _ = ModelGrant.objects.filter(tenant=tenant, model=model, source=source).delete()
     if deleted:
-        audit_record(actor=actor, tenant=tenant, action="model_grant.delete", target_type="model_grant",
-                     target_id=model.pk, before={"model": model.name, "source": source})  # fmt: skip
+        audit_record(
+            actor=actor,
+            tenant=tenant,
+            action="model_grant.delete",
+            target_type="model_grant",
+            target_id=model.pk,
+            before={"model": model.name, "source": source},
+        )
         _invalidate()
 
 
@@ -240,9 +282,15 @@ def model_grants_sync(*, tenant: Tenant, model_names: Iterable[str], source: str
     for name in added:
         ModelGrant.objects.create(tenant=tenant, model=found[name], source=source)
     if added or removed:
-        audit_record(actor=actor, tenant=tenant, action="model_grant.sync", target_type="tenant", target_id=tenant.pk,
-                     before={"source": source, "models": sorted(current)},
-                     after={"source": source, "models": sorted(wanted)})  # fmt: skip
+        audit_record(
+            actor=actor,
+            tenant=tenant,
+            action="model_grant.sync",
+            target_type="tenant",
+            target_id=tenant.pk,
+            before={"source": source, "models": sorted(current)},
+            after={"source": source, "models": sorted(wanted)},
+        )
         _invalidate()
     return list(ModelGrant.objects.select_related("model").filter(tenant=tenant, source=source))
 
@@ -276,7 +324,7 @@ def node_register(
         node.base_url = base_url
         if node.state != state:
             node.state, node.state_changed_at = state, timezone.now()
-    _full_clean(node)
+    full_clean_or_raise(node)
     try:
         node.save()
     except IntegrityError:
@@ -284,8 +332,15 @@ def node_register(
     node.versions.set(list(versions))
     after = _node_state(node)
     if after != before:
-        audit_record(actor=actor, tenant=None, action="node.register" if created else "node.update",
-                     target_type="inference_node", target_id=node.pk, before=before, after=after)  # fmt: skip
+        audit_record(
+            actor=actor,
+            tenant=None,
+            action="node.register" if created else "node.update",
+            target_type="inference_node",
+            target_id=node.pk,
+            before=before,
+            after=after,
+        )
     _invalidate()
     return node
 
@@ -307,14 +362,21 @@ def node_update(
         _check_state(state)
         if node.state != state:
             node.state, node.state_changed_at = state, timezone.now()
-    _full_clean(node)
+    full_clean_or_raise(node)
     node.save()
     if versions is not None:
         node.versions.set(list(versions))
     after = _node_state(node)
     if after != before:
-        audit_record(actor=actor, tenant=None, action="node.update", target_type="inference_node",
-                     target_id=node.pk, before=before, after=after)  # fmt: skip
+        audit_record(
+            actor=actor,
+            tenant=None,
+            action="node.update",
+            target_type="inference_node",
+            target_id=node.pk,
+            before=before,
+            after=after,
+        )
     _invalidate()
     return node
 
@@ -324,8 +386,9 @@ def node_delete(*, node: InferenceNode, actor: Actor) -> None:
     before = _node_state(node)
     pk = node.pk
     node.delete()
-    audit_record(actor=actor, tenant=None, action="node.delete", target_type="inference_node", target_id=pk,
-                 before=before)  # fmt: skip
+    audit_record(
+        actor=actor, tenant=None, action="node.delete", target_type="inference_node", target_id=pk, before=before
+    )
     _invalidate()
 
 

@@ -115,11 +115,6 @@ class KeyCache:
             return True, None, entry.reason
         return True, entry.context, entry.reason if entry.context is None else ""
 
-    def get(self, digest: str) -> tuple[bool, KeyContext | None]:
-        """(hit, context). A hit with None context means a known-bad key."""
-        hit, context, _ = self.lookup(digest)
-        return hit, context
-
     def put(
         self, digest: str, context: KeyContext | None, version: int, valid_until: float | None, reason: str = ""
     ) -> None:

@@ -1,6 +1,6 @@
 """Reads of tenant data. Tenant-owned rows are fetched only through these functions.
 
-A row of another tenant and a missing row both raise `Http404`, so nobody can probe ids.
+A row of another tenant and a missing row both raise `NotFound`, so nobody can probe ids.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import Http404
 from django.utils import timezone
 
+from core.errors import NotFound
 from tenants.models import (
     APIKey,
     AuditEvent,
@@ -45,7 +45,7 @@ TENANT_ONLY_LIMIT_FIELDS: tuple[str, ...] = (
 def tenant_get_by_slug(slug: str) -> Tenant:
     tenant = Tenant.objects.filter(slug=slug).first()
     if tenant is None:
-        raise Http404("No such tenant.")
+        raise NotFound("No such tenant.")
     return tenant
 
 
@@ -67,7 +67,7 @@ def membership_get(*, tenant: Tenant, user: User | int | None) -> Membership | N
 def membership_get_in_tenant(membership_id: int, tenant: Tenant) -> Membership:
     membership = Membership.objects.select_related("user").filter(id=membership_id, tenant=tenant).first()
     if membership is None:
-        raise Http404("No such member.")
+        raise NotFound("No such member.")
     return membership
 
 
@@ -79,7 +79,7 @@ def member_list(*, tenant: Tenant) -> QuerySet[Membership]:
 def invitation_get_in_tenant(invitation_id: int, tenant: Tenant) -> Invitation:
     invitation = Invitation.objects.select_related("invited_by").filter(id=invitation_id, tenant=tenant).first()
     if invitation is None:
-        raise Http404("No such invitation.")
+        raise NotFound("No such invitation.")
     return invitation
 
 
@@ -115,7 +115,7 @@ def key_get_in_tenant(key_id: int, tenant: Tenant, *, created_by_id: int | None 
         qs = qs.filter(created_by_id=created_by_id)
     key = qs.first()
     if key is None:
-        raise Http404("No such API key.")
+        raise NotFound("No such API key.")
     return key
 
 

@@ -13,7 +13,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -238,9 +237,13 @@ def invoice_finalize(*, invoice: Invoice, actor: Actor = SYSTEM, now: datetime |
         locked.due_at = moment + timedelta(days=settings.BILLING_NET_DAYS)
         locked.save(update_fields=["number", "status", "issued_at", "due_at"])
         audit_record(
-            actor=actor, tenant=locked.tenant, action="invoice.finalize", target_type="invoice", target_id=locked.pk,
+            actor=actor,
+            tenant=locked.tenant,
+            action="invoice.finalize",
+            target_type="invoice",
+            target_id=locked.pk,
             after={"number": locked.number, "total_minor": locked.total_minor, "currency": locked.currency},
-        )  # fmt: skip
+        )
         _enqueue_stripe(locked)
     return locked
 
@@ -297,14 +300,21 @@ def billing_run(*, period: str, actor: Actor = SYSTEM, now: datetime | None = No
         result = _billing_run_issue(start=start, end=end, moment=moment, actor=actor)
     except Exception as exc:
         BillingRun.objects.create(
-            period=period_label(start), started_at=started, finished_at=timezone.now(),
-            outcome=BillingRunOutcome.FAILURE, error=f"{type(exc).__name__}: {exc}"[:2000],
-        )  # fmt: skip
+            period=period_label(start),
+            started_at=started,
+            finished_at=timezone.now(),
+            outcome=BillingRunOutcome.FAILURE,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+        )
         raise
     BillingRun.objects.create(
-        period=result.period, started_at=started, finished_at=timezone.now(), outcome=BillingRunOutcome.SUCCESS,
-        issued=len(result.created), skipped=result.skipped,
-    )  # fmt: skip
+        period=result.period,
+        started_at=started,
+        finished_at=timezone.now(),
+        outcome=BillingRunOutcome.SUCCESS,
+        issued=len(result.created),
+        skipped=result.skipped,
+    )
     return result
 
 
@@ -322,9 +332,13 @@ def _billing_run_issue(*, start: datetime, end: datetime, moment: datetime, acto
         try:
             with transaction.atomic():
                 invoice = _invoice_create(
-                    tenant_id=tenant_id, start=start, end=end, plan=plans.get(tenant_id),
-                    groups=groups.get(tenant_id, []), actor=actor,
-                )  # fmt: skip
+                    tenant_id=tenant_id,
+                    start=start,
+                    end=end,
+                    plan=plans.get(tenant_id),
+                    groups=groups.get(tenant_id, []),
+                    actor=actor,
+                )
                 invoice = invoice_finalize(invoice=invoice, actor=actor, now=moment)
         except IntegrityError:
             # Another run invoiced this tenant in the meantime.
@@ -352,24 +366,36 @@ def _transition(
             fields.append(stamp)
         locked.save(update_fields=fields)
         audit_record(
-            actor=actor, tenant=locked.tenant, action=f"invoice.{to}", target_type="invoice", target_id=locked.pk,
-            before={"status": before}, after={"status": to},
-        )  # fmt: skip
+            actor=actor,
+            tenant=locked.tenant,
+            action=f"invoice.{to}",
+            target_type="invoice",
+            target_id=locked.pk,
+            before={"status": before},
+            after={"status": to},
+        )
     return locked
 
 
 def invoice_mark_paid(*, invoice: Invoice, actor: Actor, paid_at: datetime | None = None) -> Invoice:
     return _transition(
-        invoice=invoice, to=InvoiceStatus.PAID, allowed_from={InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE},
-        actor=actor, stamp="paid_at", now=paid_at,
-    )  # fmt: skip
+        invoice=invoice,
+        to=InvoiceStatus.PAID,
+        allowed_from={InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE},
+        actor=actor,
+        stamp="paid_at",
+        now=paid_at,
+    )
 
 
 def invoice_void(*, invoice: Invoice, actor: Actor) -> Invoice:
     return _transition(
-        invoice=invoice, to=InvoiceStatus.VOID, allowed_from={InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE},
-        actor=actor, stamp="voided_at",
-    )  # fmt: skip
+        invoice=invoice,
+        to=InvoiceStatus.VOID,
+        allowed_from={InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE},
+        actor=actor,
+        stamp="voided_at",
+    )
 
 
 def invoice_mark_uncollectible(*, invoice: Invoice, actor: Actor) -> Invoice:
@@ -381,8 +407,9 @@ def invoice_mark_uncollectible(*, invoice: Invoice, actor: Actor) -> Invoice:
 def invoice_payment_failed(*, invoice: Invoice, actor: Actor) -> Invoice:
     """Records a failed payment attempt; the invoice stays open."""
     Invoice.objects.filter(pk=invoice.pk).update(payment_failed_at=timezone.now())
-    audit_record(actor=actor, tenant=invoice.tenant, action="invoice.payment_failed", target_type="invoice",
-                 target_id=invoice.pk)  # fmt: skip
+    audit_record(
+        actor=actor, tenant=invoice.tenant, action="invoice.payment_failed", target_type="invoice", target_id=invoice.pk
+    )
     invoice.refresh_from_db()
     return invoice
 
@@ -435,7 +462,3 @@ def credit_note_create(*, invoice: Invoice, amount: Decimal | str, reason: str, 
             amount_minor=-minor,
         )
         return invoice_finalize(invoice=note, actor=actor)
-
-
-def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
-    return {"number": invoice.number, "status": invoice.status, "total_minor": invoice.total_minor}

@@ -18,7 +18,7 @@ from core.errors import Conflict, ValidationFailed
 from tenants.audit import audit_record
 from tenants.models import Tenant
 from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS
-from tenants.services import limits_update
+from tenants.services.limits import limits_update
 
 
 def _decimal(value: Any, *, param: str, places: int, digits: int = PRICE_DIGITS) -> Decimal:
@@ -69,9 +69,13 @@ def plan_create(
         default_limits=_validate_limits(default_limits or {}),
     )
     audit_record(
-        actor=actor, tenant=None, action="plan.create", target_type="plan", target_id=plan.pk,
+        actor=actor,
+        tenant=None,
+        action="plan.create",
+        target_type="plan",
+        target_id=plan.pk,
         after={"name": plan.name, "currency": plan.currency, "base_fee": plan.base_fee},
-    )  # fmt: skip
+    )
     return plan
 
 
@@ -111,10 +115,19 @@ def price_set(
     if not created:
         raise Conflict("A price with this effective date exists.", param="effective_from", code="price_exists")
     audit_record(
-        actor=actor, tenant=None, action="price.set", target_type="price", target_id=price.pk,
-        after={"plan": plan.name, "model": model_name, "input_per_1m": price.input_per_1m,
-               "output_per_1m": price.output_per_1m, "effective_from": moment},
-    )  # fmt: skip
+        actor=actor,
+        tenant=None,
+        action="price.set",
+        target_type="price",
+        target_id=price.pk,
+        after={
+            "plan": plan.name,
+            "model": model_name,
+            "input_per_1m": price.input_per_1m,
+            "output_per_1m": price.output_per_1m,
+            "effective_from": moment,
+        },
+    )
     return price
 
 
@@ -142,19 +155,21 @@ def subscription_create(*, tenant: Tenant, plan: Plan, actor: Actor, starts_at: 
     current.update(ends_at=moment)
     sub = Subscription.objects.create(tenant=tenant, plan=plan, starts_at=moment)
     if plan.default_limits:
-        limits_update(
-            tenant=tenant,
-            actor=actor,
-            **{
-                k: (Decimal(v) if k == "monthly_spend_cap" and v is not None else v)
-                for k, v in plan.default_limits.items()
-            },
-        )
+        # default_limits is JSON: names were checked against the limit fields when the plan was saved.
+        defaults: dict[str, Any] = {
+            k: (Decimal(v) if k == "monthly_spend_cap" and v is not None else v) for k, v in plan.default_limits.items()
+        }
+        limits_update(tenant=tenant, actor=actor, **defaults)
     from gateway.services import model_grants_sync  # billing → gateway
 
     model_grants_sync(tenant=tenant, model_names=plan_model_names(plan), source="plan", actor=actor)
     audit_record(
-        actor=actor, tenant=tenant, action="subscription.create", target_type="subscription", target_id=sub.pk,
-        before={"subscriptions": before} if before else None, after={"plan": plan.name, "starts_at": moment},
-    )  # fmt: skip
+        actor=actor,
+        tenant=tenant,
+        action="subscription.create",
+        target_type="subscription",
+        target_id=sub.pk,
+        before={"subscriptions": before} if before else None,
+        after={"plan": plan.name, "starts_at": moment},
+    )
     return sub

@@ -180,8 +180,9 @@ def stripe_webhook_handle(*, payload: bytes, signature: str) -> str:
             handler(invoice=invoice, actor=STRIPE_ACTOR)
         except ServiceError as exc:
             # e.g. paid after staff voided it: recorded and logged, not retried by Stripe forever.
-            logger.warning("stripe event %s (%s) refused for invoice %s: %s", event_id, event_type, invoice.pk,
-                           exc.message)  # fmt: skip
+            logger.warning(
+                "stripe event %s (%s) refused for invoice %s: %s", event_id, event_type, invoice.pk, exc.message
+            )
             return f"refused:{exc.code}"
         return outcome
     return "ignored"

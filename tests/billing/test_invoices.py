@@ -119,8 +119,9 @@ def test_a_price_change_mid_period_splits_the_lines() -> None:
     tenant = factories.tenant()
     change = datetime(2026, 3, 16, tzinfo=UTC)
     priced = plan_with_price(input_per_1m="1.000000", output_per_1m="2.000000")
-    priced.plan.prices.create(model_name="demo-llama", input_per_1m=Decimal("1.333333"),
-                              output_per_1m=Decimal("2.5"), effective_from=change)  # fmt: skip
+    priced.plan.prices.create(
+        model_name="demo-llama", input_per_1m=Decimal("1.333333"), output_per_1m=Decimal("2.5"), effective_from=change
+    )
     subscribe_directly(tenant, priced.plan)
     ledger_add(
         [journal_record(tenant, prompt=1000, completion=500, at=change - timedelta(days=1)) for _ in range(3)]
@@ -136,8 +137,12 @@ def test_a_price_change_mid_period_splits_the_lines() -> None:
         ("output", 400, "2.500000"),
     ]
     assert usage[0].usage_end < change <= usage[2].usage_start
-    exact = [Decimal(3000) * 1 / 10**6, Decimal(1500) * 2 / 10**6, Decimal(8000) * Decimal("1.333333") / 10**6,
-             Decimal(400) * Decimal("2.5") / 10**6]  # fmt: skip
+    exact = [
+        Decimal(3000) * 1 / 10**6,
+        Decimal(1500) * 2 / 10**6,
+        Decimal(8000) * Decimal("1.333333") / 10**6,
+        Decimal(400) * Decimal("2.5") / 10**6,
+    ]
     assert [line.amount_minor for line in usage] == [to_minor(x, "USD") for x in exact]
     assert invoice.total_minor == sum(to_minor(x, "USD") for x in exact)
 
@@ -221,11 +226,12 @@ def test_states_and_credit_notes() -> None:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    usage=st.lists(st.tuples(st.integers(0, 3_000_000), st.integers(0, 3_000_000), st.integers(0, 27)), min_size=1,
-                   max_size=12),
+    usage=st.lists(
+        st.tuples(st.integers(0, 3_000_000), st.integers(0, 3_000_000), st.integers(0, 27)), min_size=1, max_size=12
+    ),
     input_price=prices,
     output_price=prices,
-)  # fmt: skip
+)
 @pytest.mark.django_db
 def test_issued_invoice_equals_ledger_recomputation(
     usage: list[tuple[int, int, int]], input_price: Decimal, output_price: Decimal

@@ -30,21 +30,32 @@ def test_subscribe_applies_limits_and_grants_plan_models() -> None:
     gateway_services.model_create(name="demo-llama", actor=SYSTEM)
     gateway_services.model_create(name="big-model", actor=SYSTEM)
     plan = plan_create(
-        name="Team", currency="eur", base_fee="99.00", included_tokens=5_000_000, actor=SYSTEM,
+        name="Team",
+        currency="eur",
+        base_fee="99.00",
+        included_tokens=5_000_000,
+        actor=SYSTEM,
         default_limits={"requests_per_minute": 600, "monthly_spend_cap": "250.00", "monthly_token_budget": 10**8},
-    )  # fmt: skip
+    )
     assert plan.currency == "EUR"
     soon = datetime.now(UTC) + timedelta(seconds=5)
-    price_set(plan=plan, model_name="demo-llama", input_per_1m="0.100000", output_per_1m="0.2", actor=SYSTEM,
-              effective_from=soon)  # fmt: skip
+    price_set(
+        plan=plan,
+        model_name="demo-llama",
+        input_per_1m="0.100000",
+        output_per_1m="0.2",
+        actor=SYSTEM,
+        effective_from=soon,
+    )
     price_set(plan=plan, model_name="big-model", input_per_1m="3", output_per_1m="15", actor=SYSTEM)
     tenant = factories.tenant()
     sub = subscription_create(tenant=tenant, plan=plan, actor=SYSTEM)
     limits = TenantLimits.objects.get(tenant=tenant)
     assert limits.requests_per_minute == 600 and limits.monthly_spend_cap == Decimal("250.00")
     assert set(ModelGrant.objects.filter(tenant=tenant, source="plan").values_list("model__name", flat=True)) == {
-        "demo-llama", "big-model",
-    }  # fmt: skip
+        "demo-llama",
+        "big-model",
+    }
     # Moving to another plan ends the first subscription where the second starts.
     other = plan_create(name="Solo", currency="EUR", actor=SYSTEM)
     price_set(plan=other, model_name="demo-llama", input_per_1m="1", output_per_1m="1", actor=SYSTEM)
@@ -122,8 +133,9 @@ def test_spend_feed_pushes_month_to_date_per_tenant_and_key() -> None:
 
 def test_alerts_at_80_and_100_percent_once_per_threshold() -> None:
     tenant, users = factories.tenant_with_members(roles=[Role.OWNER, Role.FINANCE, Role.DEVELOPER])
-    factories.services.limits_update(tenant=tenant, actor=SYSTEM, monthly_token_budget=10_000,
-                                     monthly_spend_cap=Decimal("1000"))  # fmt: skip
+    factories.services.limits_update(
+        tenant=tenant, actor=SYSTEM, monthly_token_budget=10_000, monthly_spend_cap=Decimal("1000")
+    )
     now = datetime.now(UTC)
     ledger_add([journal_record(tenant, prompt=7000, completion=0, at=now)])
     assert usage_alerts_check(tenant_ids=[tenant.pk], now=now) == []
@@ -149,9 +161,13 @@ def test_admin_adds_prices_through_the_service() -> None:
     plan = plan_create(name="Admin plan", currency="USD", actor=SYSTEM)
     later = datetime.now(UTC) + timedelta(days=2)
     form = {
-        "plan": plan.pk, "model_name": "demo-llama", "input_per_1m": "0.5", "output_per_1m": "1.5",
-        "effective_from_0": later.strftime("%Y-%m-%d"), "effective_from_1": later.strftime("%H:%M:%S"),
-    }  # fmt: skip
+        "plan": plan.pk,
+        "model_name": "demo-llama",
+        "input_per_1m": "0.5",
+        "output_per_1m": "1.5",
+        "effective_from_0": later.strftime("%Y-%m-%d"),
+        "effective_from_1": later.strftime("%H:%M:%S"),
+    }
     response = client.post("/admin/billing/price/add/", form)
     assert response.status_code == 302, response.content[:2000]
     price = Price.objects.get(plan=plan)

@@ -116,9 +116,14 @@ def _event(event_type: str, invoice: Invoice, event_id: str = "evt_1") -> bytes:
         "id": event_id,
         "object": "event",
         "type": event_type,
-        "data": {"object": {"id": invoice.stripe_invoice_id or "in_x", "object": "invoice",
-                            "metadata": {"mmorch_invoice_id": str(invoice.pk)}}},
-    }  # fmt: skip
+        "data": {
+            "object": {
+                "id": invoice.stripe_invoice_id or "in_x",
+                "object": "invoice",
+                "metadata": {"mmorch_invoice_id": str(invoice.pk)},
+            }
+        },
+    }
     return json.dumps(body).encode()
 
 

@@ -100,7 +100,7 @@ async def test_tokens_settle_to_the_real_usage(fake_node: FakeNode, world_factor
     # Reserved 500 + the prompt estimate (1 + 4 per message) at admission...
     assert response["x-ratelimit-remaining-tokens"] == "495"
     await asyncio.sleep(0.05)  # settling runs right after the response
-    peek = await quota_backend.peek(quota.scopes_for(await key_context(world)))
+    peek = await quota_backend.peek(quota.subjects_for(await key_context(world)))
     # ...and settled to what the node reported: 7 prompt + 6 completion tokens.
     # (The bucket also drains at 1000/min, about 17 tokens a second, hence the small slack.)
     used = PROMPT_TOKENS + 6
@@ -367,13 +367,24 @@ async def asgi_stream_then_disconnect(
             got_chunk.set()
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
-                    (b"authorization", world.auth["authorization"].encode()),
-                    (b"content-length", str(len(raw)).encode())],
-        "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
-    }  # fmt: skip
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"authorization", world.auth["authorization"].encode()),
+            (b"content-length", str(len(raw)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
     await asyncio.wait_for(GatewayASGIHandler()(scope, receive, send), timeout=10)
     return sent
 
@@ -423,8 +434,9 @@ async def test_failover_to_another_node_then_503(world_factory: Any, quota_backe
             from gateway import services
             from tests import factories
 
-            services.node_register(name="node-b", base_url=healthy.url, versions=[world.version], state="up",
-                                   actor=factories.SYSTEM)  # fmt: skip
+            services.node_register(
+                name="node-b", base_url=healthy.url, versions=[world.version], state="up", actor=factories.SYSTEM
+            )
 
         await sync_to_async(second_node)()
         client = AsyncClient()

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from gateway import quota
-from gateway.quota import Scope, duration_text, period_now, usage_baseline_set
+from gateway.quota import QuotaSubject, duration_text, period_now, usage_baseline_set
 from tenants.types import EffectiveLimits
 
 
 def scopes(
     key: EffectiveLimits, tenant: EffectiveLimits | None = None, *, key_id: int = 1, tenant_id: int = 1
-) -> list[Scope]:
-    return [Scope(f"key:{key_id}", key), Scope(f"tenant:{tenant_id}", tenant or EffectiveLimits())]
+) -> list[QuotaSubject]:
+    return [QuotaSubject(f"key:{key_id}", key), QuotaSubject(f"tenant:{tenant_id}", tenant or EffectiveLimits())]
 
 
 async def test_100_concurrent_against_20_rpm_admits_exactly_20(quota_backend: quota.QuotaBackend) -> None:

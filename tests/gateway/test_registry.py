@@ -32,11 +32,15 @@ def test_staff_manage_the_registry_through_the_api(staff_client: Client) -> None
         "/api/v1/models/", {"name": "llama-x", "description": "A model"}, content_type="application/json"
     )
     assert r.status_code == 201, r.content
-    r = staff_client.post("/api/v1/models/llama-x/versions/", {"version": "v1", "status": "active",
-                          "artifact_uri": "s3://models/llama-x/v1"}, content_type="application/json")  # fmt: skip
+    r = staff_client.post(
+        "/api/v1/models/llama-x/versions/",
+        {"version": "v1", "status": "active", "artifact_uri": "s3://models/llama-x/v1"},
+        content_type="application/json",
+    )
     assert r.status_code == 201, r.content
-    r = staff_client.post("/api/v1/models/llama-x/versions/", {"version": "v2", "traffic_weight": 10},
-                          content_type="application/json")  # fmt: skip
+    r = staff_client.post(
+        "/api/v1/models/llama-x/versions/", {"version": "v2", "traffic_weight": 10}, content_type="application/json"
+    )
     assert r.status_code == 201
     r = staff_client.put(
         "/api/v1/models/llama-x/traffic/", {"weights": {"v1": 80, "v2": 20}}, content_type="application/json"
@@ -45,8 +49,11 @@ def test_staff_manage_the_registry_through_the_api(staff_client: Client) -> None
     assert {v["version"]: v["traffic_weight"] for v in r.json()["versions"]} == {"v1": 80, "v2": 20}
     r = staff_client.patch("/api/v1/models/llama-x/versions/v2/", {"status": "active"}, content_type="application/json")
     assert r.status_code == 200 and r.json()["status"] == "active"
-    r = staff_client.post("/api/v1/nodes/", {"name": "gpu-1", "base_url": "http://10.0.0.5:8100",
-                          "versions": ["llama-x@v1", "llama-x@v2"]}, content_type="application/json")  # fmt: skip
+    r = staff_client.post(
+        "/api/v1/nodes/",
+        {"name": "gpu-1", "base_url": "http://10.0.0.5:8100", "versions": ["llama-x@v1", "llama-x@v2"]},
+        content_type="application/json",
+    )
     assert r.status_code == 201, r.content
     assert r.json()["versions"] == ["llama-x@v1", "llama-x@v2"] and r.json()["state"] == "down"
     r = staff_client.patch("/api/v1/nodes/gpu-1/", {"state": "draining"}, content_type="application/json")
@@ -57,8 +64,15 @@ def test_staff_manage_the_registry_through_the_api(staff_client: Client) -> None
     assert r.status_code == 201
     assert ModelGrant.objects.filter(tenant=tenant, model__name="llama-x").exists()
     actions = set(AuditEvent.objects.values_list("action", flat=True))
-    assert {"model.create", "model_version.create", "model.traffic_set", "model_version.update", "node.register",
-            "node.update", "model_grant.create"} <= actions  # fmt: skip
+    assert {
+        "model.create",
+        "model_version.create",
+        "model.traffic_set",
+        "model_version.update",
+        "node.register",
+        "node.update",
+        "model_grant.create",
+    } <= actions
     assert staff_client.delete(f"/api/v1/models/llama-x/grants/{tenant.slug}/").status_code == 204
     assert staff_client.delete("/api/v1/nodes/gpu-1/").status_code == 204
     assert not InferenceNode.objects.exists()
@@ -184,8 +198,18 @@ def test_register_command_is_idempotent_and_keeps_other_versions() -> None:
     args = ["--model", "demo-llama", "--model-version", "v1", "--node", "node-1", "--url", "http://127.0.0.1:8100"]
     call_command("gateway_register", *args, "--grant", acme.slug, "--state", "up", stdout=io.StringIO())
     call_command("gateway_register", *args, "--grant", acme.slug, stdout=io.StringIO())  # again: nothing new
-    call_command("gateway_register", "--model", "demo-llama", "--model-version", "v2", "--node", "node-1",
-                 "--url", "http://127.0.0.1:8100", stdout=io.StringIO())  # fmt: skip
+    call_command(
+        "gateway_register",
+        "--model",
+        "demo-llama",
+        "--model-version",
+        "v2",
+        "--node",
+        "node-1",
+        "--url",
+        "http://127.0.0.1:8100",
+        stdout=io.StringIO(),
+    )
     node = selectors.node_get("node-1")
     assert sorted(v.label for v in node.versions.all()) == ["demo-llama@v1", "demo-llama@v2"]
     assert node.state == NodeState.UP  # a rerun without --state leaves the state alone

@@ -24,6 +24,7 @@ from tenants import keycache, services
 from tenants.keycache import KeyCache
 from tenants.models import APIKey, KeyKind, Membership
 from tenants.permissions import Role
+from tenants.selectors import token_digest
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -174,9 +175,13 @@ def test_scope_escalation_is_refused() -> None:
         )
     with pytest.raises(PermissionRefused, match="limits:write"):
         services.key_create(
-            tenant=tenant, created_by=users[Role.OWNER], name="x", kind=KeyKind.ADMIN, scopes=["limits:write"],
+            tenant=tenant,
+            created_by=users[Role.OWNER],
+            name="x",
+            kind=KeyKind.ADMIN,
+            scopes=["limits:write"],
             actor=factories.SYSTEM,
-        )  # fmt: skip
+        )
     # Staff may grant any scope.
     staff = factories.staff_user()
     key, _ = services.key_create(
@@ -281,25 +286,25 @@ def test_second_cache_sees_revocation_within_a_second(redis_url: str) -> None:
     tenant, users = factories.tenant_with_members("two")
     key, raw = factories.inference_key(tenant, users[Role.DEVELOPER])
     other = KeyCache(redis_url)
-    digest = services._digest(raw)
+    digest = token_digest(raw)
     context = services.key_authenticate(raw)
     other.put(digest, context, other.current_version(), None)
-    assert other.get(digest) == (True, context)
+    assert other.lookup(digest) == (True, context, "")
     services.key_revoke(key=key, actor=factories.SYSTEM)
     started = time.monotonic()
-    while other.get(digest)[0] and time.monotonic() - started < 2:
+    while other.lookup(digest)[0] and time.monotonic() - started < 2:
         time.sleep(0.01)
     assert time.monotonic() - started < 1.0
-    assert other.get(digest) == (False, None)
+    assert other.lookup(digest) == (False, None, "")
 
 
 def test_in_process_cache_without_redis() -> None:
     cache = KeyCache("")
     version = cache.current_version()
     cache.put("d", None, version, None)
-    assert cache.get("d") == (True, None)
+    assert cache.lookup("d") == (True, None, "")
     cache.bump()
-    assert cache.get("d") == (False, None)
+    assert cache.lookup("d") == (False, None, "")
 
 
 _WATCHER = textwrap.dedent(
