@@ -123,7 +123,7 @@ def quota_backend(request: pytest.FixtureRequest) -> Iterator[quota.QuotaBackend
 
 async def test_monthly_token_budget_starts_again_on_the_first(quota_backend: quota.QuotaBackend) -> None:
     limits = EffectiveLimits(monthly_token_budget=100)
-    subjects = [quota.Scope("key:9001", limits), quota.Scope("tenant:9001", EffectiveLimits())]
+    subjects = [quota.QuotaSubject("key:9001", limits), quota.QuotaSubject("tenant:9001", EffectiveLimits())]
     with time_machine.travel(LAST_SECOND_OF_YEAR - timedelta(seconds=1), tick=False) as traveller:
         first = await quota_backend.admit(subjects, tokens=100)
         assert first.admitted
