@@ -406,7 +406,8 @@ async def test_quota_follows_a_sentinel_failover(sentinel_setup: dict[str, Any])
     s = subjects(3, rpm=100)
     assert (await backend.admit(s, tokens=1)).admitted
     sentinel = sentinel_setup["sentinel"]
-    sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
+    # The sentinel promotes only a replica it has lately heard from: ask until it accepts (bounded).
+    wait_until(lambda: failover_started(sentinel), "the sentinel to accept the failover", limit_s=30)
     wait_until(
         lambda: (
             int(sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")[1])
@@ -425,6 +426,15 @@ async def test_quota_follows_a_sentinel_failover(sentinel_setup: dict[str, Any])
     assert decision is not None and decision.admitted
     assert redis.Redis(port=sentinel_setup["replica"]).info("replication")["role"] == "master"
     backend.reset()
+
+
+def failover_started(sentinel: redis.Redis) -> bool:
+    try:
+        return bool(sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster"))
+    except redis.ResponseError as exc:
+        if "NOGOODSLAVE" in str(exc):
+            return False
+        raise
 
 
 def quota_error() -> type[Exception]:
