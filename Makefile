@@ -30,8 +30,9 @@ frontend/node_modules/.installed: frontend/package.json frontend/package-lock.js
 static: setup-python setup-frontend
 	$(BIN)/python manage.py collectstatic --noinput -v0
 
-# Debian packages the tests use: Chromium (browser tests), promtool (alert rules), wrk (benchmarks).
-SYSTEM_PACKAGES := chromium:chromium prometheus:promtool wrk:wrk
+# Debian packages the tests use: Chromium (browser tests), promtool (alert rules), wrk (benchmarks),
+# redis-server and redis-cli (TLS, Sentinel and Cluster tests start their own servers).
+SYSTEM_PACKAGES := chromium:chromium prometheus:promtool wrk:wrk redis-server:redis-server redis-tools:redis-cli
 setup-system:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi

@@ -135,9 +135,9 @@ def _check_database() -> tuple[bool, str]:
 def _check_redis() -> tuple[bool, str]:
     if not settings.REDIS_URL:
         return True, "not configured"
-    import redis
+    from config.redis_url import redis_client
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    client = redis_client(settings.REDIS_URL, timeout=1)  # standalone, Sentinel or Cluster
     try:
         client.ping()
     finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config.redis_url import SCHEMES, RedisUrlError, celery_broker, parse_redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -98,10 +100,32 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
     }
 
+# REDIS_URL: redis://, rediss:// (TLS), redis+sentinel://, redis+cluster:// (config/redis_url.py has
+# the forms). Checked here, so a URL nothing can use stops the start instead of failing each request.
 REDIS_URL: str = env.str("REDIS_URL", default="")
-if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-else:
+# Django's cache: REDIS_URL unless a Cluster (RedisCache cannot spread over slots).
+CACHE_REDIS_URL: str = env.str("CACHE_REDIS_URL", default=REDIS_URL)
+for _name, _url in (("REDIS_URL", REDIS_URL), ("CACHE_REDIS_URL", CACHE_REDIS_URL)):
+    try:
+        _target = parse_redis_url(_url) if _url else None
+    except RedisUrlError as exc:
+        raise ImproperlyConfigured(f"{_name}: {exc}") from None
+    if _name == "CACHE_REDIS_URL" and _target is not None:
+        if _target.mode == "cluster":
+            raise ImproperlyConfigured(
+                "Django's cache cannot use a Redis Cluster (CACHE_REDIS_URL defaults to REDIS_URL): "
+                "set CACHE_REDIS_URL to a standalone (redis://, rediss://) or Sentinel (redis+sentinel://) Redis"
+            )
+        # Sentinel: a pool that asks the sentinels for the master (redis-py's SentinelConnectionPool).
+        _options = {"pool_class": "config.redis_url.SentinelPool"} if _target.mode == "sentinel" else {}
+        CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": _url,
+                "OPTIONS": _options,
+            }
+        }
+if not CACHE_REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -205,6 +229,18 @@ SPECTACULAR_SETTINGS = {
 # --- Celery ----------------------------------------------------------------------------------
 # With no Redis, a filesystem broker under var/ lets a worker and beat run beside the web server.
 CELERY_BROKER_URL: str = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL.split("://")[0].lower() in SCHEMES:
+    # Our Redis forms in kombu's terms: rediss with ssl_cert_reqs, Sentinel as sentinel:// + master_name.
+    try:
+        CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = celery_broker(CELERY_BROKER_URL)
+    except RedisUrlError as exc:
+        _source = (
+            "CELERY_BROKER_URL"
+            if env.str("CELERY_BROKER_URL", default="")
+            else "CELERY_BROKER_URL (default: REDIS_URL)"
+        )
+        raise ImproperlyConfigured(f"{_source}: {exc}") from None
 if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "celery"
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -158,15 +158,23 @@ class QuotaBackend(Protocol):
 
     async def peek(self, subjects: Sequence[QuotaSubject]) -> Decision: ...
 
-    def baseline_set(self, subject_name: str, period: str, tokens: int, spend: Decimal) -> None: ...
+    def baseline_set(
+        self, subject_name: str, period: str, tokens: int, spend: Decimal, *, tenant_id: int | None = None
+    ) -> None: ...
 
     def reset(self) -> None: ...
 
 
-def _keys(subjects: Sequence[QuotaSubject], period: str) -> list[str]:
+def _keys(subjects: Sequence[QuotaSubject], period: str, tenant_id: int | None = None) -> list[str]:
+    """The script's keys. All carry the tenant's hash tag `{t<id>}`, the key's counters too, so
+    one call's keys share a Redis Cluster slot (the script touches them together)."""
+    if tenant_id is None:
+        tenant_id = next((int(s.name[7:]) for s in subjects if s.name.startswith("tenant:")), None)
+    if tenant_id is None:
+        raise ValueError("the quota keys need the tenant: pass tenant_id or the tenant's subject")
     keys: list[str] = []
     for subject in subjects:
-        base = f"{PREFIX}:{subject.name}"
+        base = f"{PREFIX}:{{t{tenant_id}}}:{subject.name}"
         keys += [f"{base}:rpm", f"{base}:tpm", f"{base}:leases", f"{base}:mtok:{period}", f"{base}:mspend:{period}"]
     return keys
 
@@ -187,17 +195,18 @@ class RedisQuota:
     """Redis backend: every operation is one EVALSHA of the script."""
 
     def __init__(self, url: str) -> None:
-        from gateway.redis_pipe import ScriptPipe
+        from gateway.redis_pipe import script_pipe
 
         self._url = url
-        self._pipe = ScriptPipe(url, SCRIPT)  # the request path: auto-pipelined EVALSHA
+        # The request path: auto-pipelined EVALSHA (TLS, Sentinel and Cluster URLs too).
+        self._pipe = script_pipe(url, SCRIPT)
         self._sync: Any = None  # billing's baseline feed and tests: plain redis-py
 
     def _sync_client(self) -> Any:
         if self._sync is None:
-            import redis
+            from config.redis_url import redis_client
 
-            self._sync = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+            self._sync = redis_client(self._url, timeout=2)
         return self._sync
 
     async def admit(self, subjects: Sequence[QuotaSubject], *, tokens: int) -> Decision:
@@ -230,13 +239,15 @@ class RedisQuota:
         decision.code = ""
         return decision
 
-    def baseline_set(self, subject_name: str, period: str, tokens: int, spend: Decimal) -> None:
+    def baseline_set(
+        self, subject_name: str, period: str, tokens: int, spend: Decimal, *, tenant_id: int | None = None
+    ) -> None:
         subject = QuotaSubject(subject_name, EffectiveLimits())
         client = self._sync_client()
         client.eval(
             SCRIPT,
             5,
-            *_keys([subject], period),
+            *_keys([subject], period, tenant_id),
             *_args("baseline", [subject], int(tokens), str(spend), MONTH_TTL_S),
         )
 
@@ -393,7 +404,9 @@ class MemoryQuota:
                 if decision.lease in leases:
                     leases[decision.lease] = now + lease_ttl_ms()
 
-    def baseline_set(self, subject_name: str, period: str, tokens: int, spend: Decimal) -> None:
+    def baseline_set(
+        self, subject_name: str, period: str, tokens: int, spend: Decimal, *, tenant_id: int | None = None
+    ) -> None:
         with self._lock:
             for key, value in (
                 (f"{subject_name}:mtok:{period}", Decimal(tokens)),
@@ -435,4 +448,4 @@ def usage_baseline_set(*, tenant_id: int, key_id: int | None, period: str, token
     if len(period) != 7 or period[4] != "-":
         raise ValueError("period must look like YYYY-MM")
     subject_name = f"tenant:{tenant_id}" if key_id is None else f"key:{key_id}"
-    backend().baseline_set(subject_name, period, int(tokens), Decimal(spend))
+    backend().baseline_set(subject_name, period, int(tokens), Decimal(spend), tenant_id=tenant_id)

@@ -57,9 +57,9 @@ class KeyCache:
     # --- version ------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._redis is None:
-            import redis
+            from config.redis_url import redis_client
 
-            self._redis = redis.Redis.from_url(self._redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            self._redis = redis_client(self._redis_url, timeout=0.5)  # standalone, Sentinel or Cluster
         return self._redis
 
     def _read_version(self) -> int | None:
