@@ -22,7 +22,7 @@ import redis
 
 from config.redis_url import RedisUrlError, celery_broker, parse_redis_url
 from gateway import quota
-from gateway.quota import Scope
+from gateway.quota import QuotaSubject
 from gateway.redis_pipe import ClusterScriptPipe, key_slot
 from tenants.keycache import KeyCache
 from tenants.types import EffectiveLimits
@@ -90,10 +90,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     group.stop()
 
 
-def subjects(tenant_id: int, rpm: int) -> list[Scope]:
+def subjects(tenant_id: int, rpm: int) -> list[QuotaSubject]:
     """A key (id = 1000 + tenant) and its tenant, the key limited to `rpm` requests a minute."""
     key_limits = EffectiveLimits(requests_per_minute=rpm)
-    return [Scope(f"key:{1000 + tenant_id}", key_limits), Scope(f"tenant:{tenant_id}", EffectiveLimits())]
+    return [QuotaSubject(f"key:{1000 + tenant_id}", key_limits), QuotaSubject(f"tenant:{tenant_id}", EffectiveLimits())]
 
 
 async def assert_quota_semantics(backend: quota.RedisQuota, tenant_id: int) -> None:
@@ -106,7 +106,7 @@ async def assert_quota_semantics(backend: quota.RedisQuota, tenant_id: int) -> N
     assert not refused.admitted and refused.code == "rate_limit_exceeded" and refused.reason == "requests"
     await backend.settle(first, used_tokens=3, refund_request=True)
     assert (await backend.admit(s, tokens=5)).admitted
-    limited = [Scope(f"key:{1000 + tenant_id}", EffectiveLimits(monthly_token_budget=100)), s[1]]
+    limited = [QuotaSubject(f"key:{1000 + tenant_id}", EffectiveLimits(monthly_token_budget=100)), s[1]]
     backend.baseline_set(f"key:{1000 + tenant_id}", quota.period_now(), 100, quota.Decimal(0), tenant_id=tenant_id)
     over = await backend.admit(limited, tokens=1)
     assert not over.admitted and over.code == "insufficient_quota"
@@ -176,7 +176,7 @@ def test_one_call_s_keys_share_the_tenant_s_slot() -> None:
     assert len(keys) == 10 and all("{t42}" in k for k in keys)
     assert len({key_slot(k.encode()) for k in keys}) == 1
     with pytest.raises(ValueError, match="tenant"):
-        quota._keys([Scope("key:1", EffectiveLimits())], "2026-01")
+        quota._keys([QuotaSubject("key:1", EffectiveLimits())], "2026-01")
 
 
 # --- settings load --------------------------------------------------------------------------
