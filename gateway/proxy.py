@@ -26,9 +26,10 @@ from gateway.metrics import QUOTA_REJECTIONS
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
 from gateway.quota import Decision, backend, scopes_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
-from inference.client import InferenceClient, TenantContext
 from tenants.services import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
 from tenants.types import KeyContext
+from wire.client import InferenceClient
+from wire.context import SignedContext
 
 logger = logging.getLogger(__name__)
 
@@ -297,11 +298,11 @@ class _Forward:
         self.path = path
         self.settled = False
 
-    def _context(self, version: VersionRoute) -> TenantContext:
+    def _context(self, version: VersionRoute) -> SignedContext:
         tenant = self.ctx.tenant_limits
-        return TenantContext(
-            tenant=str(self.ctx.tenant_id),
-            key=str(self.ctx.key_id),
+        return SignedContext(
+            tenant=self.ctx.tenant_id,
+            key=self.ctx.key_id,
             request_id=self.request_id,
             weight=max(1, tenant.scheduling_weight),
             max_inflight=tenant.max_concurrent_requests or 0,

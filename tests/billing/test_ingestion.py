@@ -204,8 +204,6 @@ def test_queries_per_page_do_not_grow_with_the_page() -> None:
     from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
 
-    from billing.services.ingestion import usage_records_insert
-
     tenants = [factories.tenant() for _ in range(12)]
     priced = plan_with_price()
     for tenant in tenants:
@@ -214,7 +212,7 @@ def test_queries_per_page_do_not_grow_with_the_page() -> None:
     for size in (5, 400):
         records = [journal_record(tenants[i % len(tenants)], prompt=i, completion=i) for i in range(size)]
         with CaptureQueriesContext(connection) as queries, transaction.atomic():
-            assert usage_records_insert(records, node_name="node-q").inserted == size
+            assert ledger_add(records, node="node-q") == size
         counts.append(len(queries))
     assert counts[0] == counts[1] <= 12
 

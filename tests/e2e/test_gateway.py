@@ -17,12 +17,12 @@ import pytest
 
 from gateway import services as gw
 from gateway.models import ModelVersion, NodeState
-from inference.client import usage_pull
 from tenants import services as tn
 from tenants.selectors import key_get_in_tenant
 from tests import factories
 from tests.e2e.support import ControlPlane, control_plane
 from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
+from wire.client import usage_pull
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ACTOR = factories.SYSTEM
