@@ -141,7 +141,7 @@ def test_openai_client_chat_and_completions_match_the_journal(server: ControlPla
     for request_id, seen in ((rid, chat.usage), (rid_text, text.usage), (rid_stream, usage)):
         record = records[request_id]
         assert (record["prompt_tokens"], record["completion_tokens"]) == (seen.prompt_tokens, seen.completion_tokens)
-        assert record["tenant"] == str(world.tenant.id) and record["key"] == str(world.key_id)
+        assert record["tenant"] == world.tenant.id and record["key"] == world.key_id
         assert record["model_version"] == "v1"
     assert records[rid_plain]["completion_tokens"] == 4
 

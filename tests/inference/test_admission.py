@@ -126,7 +126,7 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(demo_model
 def usage_pull_offline(path: Path) -> list[dict[str, Any]]:
     from inference.journal import Journal
 
-    return list(Journal(path).read_page(after=0, limit=100)["records"])
+    return [r.model_dump() for r in Journal(path).read_page(after=0, limit=100).records]
 
 
 async def test_engine_failure_is_a_500_in_the_error_format_and_journaled(demo_model: Path, tmp_path: Path) -> None:
