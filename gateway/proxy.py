@@ -26,9 +26,10 @@ from gateway.metrics import QUOTA_REJECTIONS
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
 from gateway.quota import Decision, backend, scopes_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
-from inference.client import InferenceClient, TenantContext
 from tenants.services import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
 from tenants.types import KeyContext
+from wire.client import InferenceClient
+from wire.context import SignedContext
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +122,27 @@ def model_check(snap: Snapshot, ctx: KeyContext, name: str) -> ModelRoute:
     route = snap.models.get(name)
     if route is None:
         raise APIError(
-            404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
+            404,
+            f"The model '{name}' does not exist or you do not have access to it.",
+            param="model",
             code="model_not_found",
-        )  # fmt: skip
+        )
     if name not in snap.tenant_models(ctx.tenant_id):
         raise APIError(
-            403, f"Your organization does not have access to the model '{name}'.", type="permission_error",
-            param="model", code="permission_denied",
-        )  # fmt: skip
+            403,
+            f"Your organization does not have access to the model '{name}'.",
+            type="permission_error",
+            param="model",
+            code="permission_denied",
+        )
     if ctx.allowed_models and name not in ctx.allowed_models:
         raise APIError(
-            403, f"This API key is not allowed to use the model '{name}'.", type="permission_error",
-            param="model", code="permission_denied",
-        )  # fmt: skip
+            403,
+            f"This API key is not allowed to use the model '{name}'.",
+            type="permission_error",
+            param="model",
+            code="permission_denied",
+        )
     return route
 
 
@@ -142,21 +151,27 @@ def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
     lim = ctx.key_limits
     if lim.max_messages is not None and parsed.messages > lim.max_messages:
         raise APIError(
-            400, f"Too many messages: {parsed.messages} (this plan allows {lim.max_messages}).",
-            param="messages", code="too_many_messages",
-        )  # fmt: skip
+            400,
+            f"Too many messages: {parsed.messages} (this plan allows {lim.max_messages}).",
+            param="messages",
+            code="too_many_messages",
+        )
     prompt = parsed.prompt_estimate()
     if lim.max_prompt_tokens is not None and prompt > lim.max_prompt_tokens:
         raise APIError(
-            400, f"The prompt is too long: about {prompt} tokens (this plan allows {lim.max_prompt_tokens}).",
-            param="messages" if parsed.messages else "prompt", code="context_length_exceeded",
-        )  # fmt: skip
+            400,
+            f"The prompt is too long: about {prompt} tokens (this plan allows {lim.max_prompt_tokens}).",
+            param="messages" if parsed.messages else "prompt",
+            code="context_length_exceeded",
+        )
     if parsed.max_tokens is not None:
         if lim.max_output_tokens is not None and parsed.max_tokens > lim.max_output_tokens:
             raise APIError(
-                400, f"max_tokens is too large: {parsed.max_tokens} (this plan allows {lim.max_output_tokens}).",
-                param="max_tokens", code="invalid_value",
-            )  # fmt: skip
+                400,
+                f"max_tokens is too large: {parsed.max_tokens} (this plan allows {lim.max_output_tokens}).",
+                param="max_tokens",
+                code="invalid_value",
+            )
         return parsed.max_tokens
     if lim.max_output_tokens is not None:
         # Make the plan's cap explicit so the node stops there and the reservation holds.
@@ -170,9 +185,12 @@ def rate_limit_error(decision: Decision) -> APIError:
     if decision.code == "insufficient_quota":
         what = "spend cap" if decision.reason == "monthly_spend" else "token budget"
         return APIError(
-            429, f"You exceeded your current quota: the monthly {what} is used up.", type="insufficient_quota",
-            code="insufficient_quota", headers=headers,
-        )  # fmt: skip
+            429,
+            f"You exceeded your current quota: the monthly {what} is used up.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers=headers,
+        )
     messages = {
         "requests": "Rate limit reached for requests per minute.",
         "tokens": "Rate limit reached for tokens per minute.",
@@ -180,10 +198,12 @@ def rate_limit_error(decision: Decision) -> APIError:
         "concurrency": "Too many concurrent requests.",
     }
     return APIError(
-        429, f"{messages.get(decision.reason, 'Rate limit reached.')} Please try again later.",
+        429,
+        f"{messages.get(decision.reason, 'Rate limit reached.')} Please try again later.",
         type="tokens" if decision.reason in ("tokens", "request_too_large") else "requests",
-        code="rate_limit_exceeded", headers=headers,
-    )  # fmt: skip
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
 
 
 async def _error_with_headers(exc: APIError, ctx: KeyContext | None) -> HttpResponse:
@@ -250,9 +270,12 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
         except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
             logger.exception("gateway: quota admission failed")
             raise APIError(
-                503, "The rate limiter is unavailable. Please retry shortly.", type="server_error",
-                code="service_unavailable", headers={"retry-after": "1"},
-            ) from exc  # fmt: skip
+                503,
+                "The rate limiter is unavailable. Please retry shortly.",
+                type="server_error",
+                code="service_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
         if not decision.admitted:
             QUOTA_REJECTIONS.labels(str(ctx.tenant_id), decision.code, decision.reason).inc()
             raise rate_limit_error(decision)
@@ -297,11 +320,11 @@ class _Forward:
         self.path = path
         self.settled = False
 
-    def _context(self, version: VersionRoute) -> TenantContext:
+    def _context(self, version: VersionRoute) -> SignedContext:
         tenant = self.ctx.tenant_limits
-        return TenantContext(
-            tenant=str(self.ctx.tenant_id),
-            key=str(self.ctx.key_id),
+        return SignedContext(
+            tenant=self.ctx.tenant_id,
+            key=self.ctx.key_id,
             request_id=self.request_id,
             weight=max(1, tenant.scheduling_weight),
             max_inflight=tenant.max_concurrent_requests or 0,
@@ -344,9 +367,13 @@ class _Forward:
             registry.acquire(node.id)
             try:
                 upstream = await upstream_client().open(
-                    node.base_url, self.path, body, self._context(version), secret=_secret(),
+                    node.base_url,
+                    self.path,
+                    body,
+                    self._context(version),
+                    secret=_secret(),
                     timeout=conf().upstream_timeout_s,
-                )  # fmt: skip
+                )
             except _RETRYABLE as exc:
                 registry.release(node.id)
                 registry.node_failed(node.id)
@@ -370,9 +397,12 @@ class _Forward:
         if upstream is None or picked is None:
             self.settle(0, refund_request=True)
             response = error_response(
-                503, "No inference node can take this request right now. Please retry shortly.",
-                type="server_error", code="service_unavailable", headers=self.decision.headers(),
-            )  # fmt: skip
+                503,
+                "No inference node can take this request right now. Please retry shortly.",
+                type="server_error",
+                code="service_unavailable",
+                headers=self.decision.headers(),
+            )
             response["retry-after"] = "1"
             return response
         version, node = picked
@@ -394,9 +424,12 @@ class _Forward:
             upstream.close()
             self.settle(self.decision.reserved)
             return error_response(
-                502, "The inference node failed while answering.", type="server_error", code="bad_gateway",
+                502,
+                "The inference node failed while answering.",
+                type="server_error",
+                code="bad_gateway",
                 headers=self.decision.headers(),
-            )  # fmt: skip
+            )
         finally:
             registry.release(node.id)
         upstream.release()

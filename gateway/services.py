@@ -28,9 +28,9 @@ from gateway.models import (
     NodeState,
 )
 from gateway.registry import registry
-from inference.client import probe_ready
 from tenants.audit import audit_record
 from tenants.models import Tenant
+from wire.client import probe_ready
 
 logger = logging.getLogger(__name__)
 

@@ -19,14 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from inference.client import SignatureError, TenantContext, verify_signature
 from inference.config import NodeConfig
 from inference.engine.base import Engine
+from inference.errors import APIError
 from inference.journal import Journal
 from inference.metrics import Metrics
-from inference.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_body
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
-from inference.serving import Generation, ModelRegistry, NodeState, OpenAIServing, ServedModel
+from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
+from wire.context import SignedContext
+from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
+from wire.signing import SignatureError, verify_signature
 
 logger = logging.getLogger("inference.app")
 
@@ -39,6 +41,7 @@ class JSONBytes(Response):
 
 
 def error_response(exc: APIError) -> Response:
+    # The envelope is wire.errors' (APIError.body); this only puts it on the wire.
     return JSONBytes(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
@@ -99,7 +102,7 @@ class Node:
     """Everything one running node holds; the app keeps it on `app.state.node`."""
 
     config: NodeConfig
-    state: NodeState
+    state: NodeLifecycle
     journal: Journal
     metrics: Metrics
     registry: ModelRegistry
@@ -176,7 +179,7 @@ def build_node(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             defaults[spec.name] = default
     registry = ModelRegistry(served, defaults)
     journal = Journal(config.journal_path, retention_days=config.journal_retention_days)
-    state = NodeState()
+    state = NodeLifecycle()
     serving = OpenAIServing(registry=registry, journal=journal, metrics=metrics, state=state)
     return Node(
         config=config,
@@ -195,7 +198,7 @@ def _signed_path(request: Request) -> str:
     return raw.decode("latin-1") + (("?" + query.decode("latin-1")) if query else "")
 
 
-async def _authenticate(request: Request, node: Node, body: bytes) -> TenantContext:
+async def _authenticate(request: Request, node: Node, body: bytes) -> SignedContext:
     try:
         return verify_signature(
             node.config.shared_secrets, request.method, _signed_path(request), body, request.headers
@@ -280,12 +283,15 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
 
     async def _openai(
         request: Request,
-        start: Callable[[TenantContext, Any], Awaitable[Generation]],
+        start: Callable[[SignedContext, Any], Awaitable[Generation]],
         model_cls: type[ChatCompletionRequest] | type[CompletionRequest],
     ) -> Response:
         body_bytes = await _read_body(request, node)
         ctx = await _authenticate(request, node, body_bytes)
-        body = parse_body(model_cls, body_bytes)
+        try:
+            body = parse_body(model_cls, body_bytes)
+        except RequestInvalid as exc:
+            raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
         chat = model_cls is ChatCompletionRequest
         node.state.inflight += 1
         handed_off = False
@@ -332,7 +338,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         after = _int_param(request, "after", 0, minimum=0, maximum=2**62)
         limit = _int_param(request, "limit", 1000, minimum=1, maximum=10000)
         page = await asyncio.to_thread(node.journal.read_page, after=after, limit=limit)
-        return JSONBytes(page)
+        return JSONBytes(page.model_dump())
 
     return app
 

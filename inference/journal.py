@@ -1,5 +1,7 @@
 """The usage journal: one durable record per request that reached the engine.
 
+The record and the page are `wire.usage`'s (billing reads them with the same definition).
+
 SQLite in WAL mode with synchronous=FULL: a record is on disk when `append` returns, so it
 survives `kill -9`. One writer thread owns the connection and commits whatever has queued up in
 one transaction (group commit), so many concurrent requests share each fsync. Readers open their
@@ -15,9 +17,9 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from wire.usage import JournalPage, JournalRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_finished_ts ON usage (finished_ts);
 """
 
+# The record's fields as stored; `seq` is the row id and `version` is the wire shape's, not stored.
 COLUMNS = (
     "request_id",
     "tenant",
@@ -54,30 +57,15 @@ COLUMNS = (
     "duration_ms",
     "started_at",
     "finished_at",
-    "finished_ts",
 )
 
 # Built from the fixed column names above, never from input.
-INSERT_SQL = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"  # noqa: S608
-SELECT_SQL = f"SELECT seq, {', '.join(COLUMNS[:-1])} FROM usage WHERE seq > ? ORDER BY seq LIMIT ?"  # noqa: S608
+INSERT_SQL = f"INSERT INTO usage ({', '.join(COLUMNS)}, finished_ts) VALUES ({', '.join('?' for _ in COLUMNS)}, ?)"  # noqa: S608
+SELECT_SQL = f"SELECT seq, {', '.join(COLUMNS)} FROM usage WHERE seq > ? ORDER BY seq LIMIT ?"  # noqa: S608
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    request_id: str
-    tenant: str
-    key: str
-    model: str
-    model_version: str
-    prompt_tokens: int
-    completion_tokens: int
-    outcome: str
-    queue_ms: float
-    ttft_ms: float | None
-    duration_ms: float
-    started_at: str
-    finished_at: str
-    finished_ts: float
+def _finished_ts(record: JournalRecord) -> float:
+    return dt.datetime.fromisoformat(record.finished_at).timestamp()
 
 
 def utc_iso(ts: float) -> str:
@@ -96,7 +84,9 @@ class Journal:
     def __init__(self, path: str | Path, *, retention_days: float = 30.0) -> None:
         self.path = Path(path)
         self.retention_days = retention_days
-        self._inbox: queue.SimpleQueue[tuple[UsageRecord, concurrent.futures.Future[int]] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[JournalRecord, concurrent.futures.Future[int]] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self._pending = 0
         self._lock = threading.Lock()
@@ -118,7 +108,7 @@ class Journal:
             self._thread.join(30.0)
             self._thread = None
 
-    def submit(self, record: UsageRecord) -> concurrent.futures.Future[int]:
+    def submit(self, record: JournalRecord) -> concurrent.futures.Future[int]:
         """Queue a record; the future resolves to its sequence number once it is on disk."""
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
         with self._lock:
@@ -126,7 +116,7 @@ class Journal:
         self._inbox.put((record, future))
         return future
 
-    async def append(self, record: UsageRecord) -> int:
+    async def append(self, record: JournalRecord) -> int:
         """Write a record and wait until it is durable."""
         return await asyncio.wrap_future(self.submit(record))
 
@@ -142,7 +132,7 @@ class Journal:
         try:
             while True:
                 item = self._inbox.get()
-                batch: list[tuple[UsageRecord, concurrent.futures.Future[int]]] = []
+                batch: list[tuple[JournalRecord, concurrent.futures.Future[int]]] = []
                 stop = item is None
                 if item is not None:
                     batch.append(item)
@@ -167,13 +157,16 @@ class Journal:
             conn.close()
 
     def _write(
-        self, conn: sqlite3.Connection, insert: str, batch: list[tuple[UsageRecord, concurrent.futures.Future[int]]]
+        self, conn: sqlite3.Connection, insert: str, batch: list[tuple[JournalRecord, concurrent.futures.Future[int]]]
     ) -> None:
         seqs: list[int] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for record, _ in batch:
-                cursor = conn.execute(insert, tuple(asdict(record)[c] for c in COLUMNS))
+                values = [getattr(record, c) for c in COLUMNS]
+                # The columns predate integer ids (TEXT, "" for no key); readers convert back.
+                values[2] = "" if record.key is None else str(record.key)
+                cursor = conn.execute(insert, (*values, _finished_ts(record)))
                 seqs.append(int(cursor.lastrowid or 0))
             conn.execute("COMMIT")
         except Exception as exc:
@@ -201,7 +194,7 @@ class Journal:
             if own:
                 conn.close()
 
-    def read_page(self, *, after: int, limit: int) -> dict[str, Any]:
+    def read_page(self, *, after: int, limit: int) -> JournalPage:
         """Records with seq > after, oldest first: the `/internal/usage` page."""
         conn = _connect(self.path)
         try:
@@ -213,7 +206,7 @@ class Journal:
             conn.close()
         has_more = len(rows) > limit
         rows = rows[:limit]
-        names = ("seq", *COLUMNS[:-1])
-        records = [dict(zip(names, row, strict=True)) for row in rows]
-        next_after = records[-1]["seq"] if records else after
-        return {"records": records, "next_after": next_after, "has_more": has_more}
+        names = ("seq", *COLUMNS)
+        records = [JournalRecord.model_validate(dict(zip(names, row, strict=True))) for row in rows]
+        next_after = records[-1].seq if records else after
+        return JournalPage(records=records, next_after=next_after, has_more=has_more)

@@ -15,12 +15,14 @@ from typing import Any
 
 import orjson
 
-from inference.client import TenantContext
 from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
-from inference.journal import Journal, UsageRecord, utc_iso
+from inference.errors import APIError
+from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
-from inference.protocol import APIError, ChatCompletionRequest, CompletionRequest
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
+from wire.context import SignedContext
+from wire.protocol import ChatCompletionRequest, CompletionRequest
+from wire.usage import JournalRecord, Outcome
 
 logger = logging.getLogger("inference.serving")
 
@@ -41,7 +43,9 @@ class ServedModel:
 
 
 @dataclass(slots=True)
-class NodeState:
+class NodeLifecycle:
+    """Where the running node is in its life: started, draining, and how busy."""
+
     ready: bool = False
     draining: bool = False
     inflight: int = 0
@@ -73,7 +77,7 @@ class Generation:
 
     serving: OpenAIServing
     model: ServedModel
-    ctx: TenantContext
+    ctx: SignedContext
     ticket: Ticket
     request: EngineRequest
     arrival_wall: float
@@ -83,7 +87,7 @@ class Generation:
     first_token: float | None = None
     last_token: float | None = None
     completion_tokens: int = 0
-    finish_reason: str | None = None
+    finish_reason: Outcome | None = None
     recorded: bool = False
     closed: bool = False
     text_parts: list[str] = field(default_factory=list)
@@ -129,15 +133,15 @@ class Generation:
             self._account("aborted")
         self.model.scheduler.release(self.ticket)
 
-    def _account(self, outcome: str) -> None:
+    def _account(self, outcome: Outcome) -> None:
         metrics = self.serving.metrics
         metrics.requests.labels(*self.labels, outcome).inc()
         metrics.completion_tokens.labels(*self.labels).inc(self.completion_tokens)
         metrics.e2e.labels(*self.labels).observe(time.monotonic() - self.arrival)
 
-    def _record(self, outcome: str) -> UsageRecord:
+    def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
-        return UsageRecord(
+        return JournalRecord(
             request_id=self.ticket.request_id,  # the gateway's id, or one made here when it sent none
             tenant=self.ctx.tenant,
             key=self.ctx.key,
@@ -151,7 +155,6 @@ class Generation:
             duration_ms=round((now - self.arrival) * 1000, 3),
             started_at=utc_iso(self.arrival_wall),
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
-            finished_ts=self.arrival_wall + (now - self.arrival),
         )
 
 
@@ -160,7 +163,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 class OpenAIServing:
-    def __init__(self, *, registry: ModelRegistry, journal: Journal, metrics: Metrics, state: NodeState) -> None:
+    def __init__(self, *, registry: ModelRegistry, journal: Journal, metrics: Metrics, state: NodeLifecycle) -> None:
         self.registry = registry
         self.journal = journal
         self.metrics = metrics
@@ -170,7 +173,7 @@ class OpenAIServing:
 
     async def _admit(
         self,
-        ctx: TenantContext,
+        ctx: SignedContext,
         served: ServedModel,
         prompt_ids: list[int],
         requested: tuple[int | None, str],
@@ -214,10 +217,11 @@ class OpenAIServing:
             stop=body.stop_sequences(),
         )
         request_id = ctx.request_id or str(uuid.uuid4())
-        labels = (ctx.tenant, served.name, served.version)
+        tenant = str(ctx.tenant)
+        labels = (tenant, served.name, served.version)
         ticket = Ticket(
             request_id=request_id,
-            tenant=ctx.tenant,
+            tenant=tenant,
             prompt_tokens=len(prompt_ids),
             weight=ctx.weight,
             priority=ctx.priority,
@@ -257,13 +261,13 @@ class OpenAIServing:
             labels=labels,
         )
 
-    async def start_chat(self, ctx: TenantContext, body: ChatCompletionRequest) -> Generation:
+    async def start_chat(self, ctx: SignedContext, body: ChatCompletionRequest) -> Generation:
         served = self.registry.resolve(body.model, ctx.model_version)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt_ids = served.engine.encode_chat(messages)
         return await self._admit(ctx, served, prompt_ids, body.requested_max_tokens(), body)
 
-    async def start_completion(self, ctx: TenantContext, body: CompletionRequest) -> Generation:
+    async def start_completion(self, ctx: SignedContext, body: CompletionRequest) -> Generation:
         served = self.registry.resolve(body.model, ctx.model_version)
         prompt_ids = served.engine.encode(body.prompt_text())
         if not prompt_ids:

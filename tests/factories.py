@@ -21,6 +21,7 @@ from core.audit import Actor
 from tenants import services
 from tenants.models import APIKey, KeyKind, Tenant, User
 from tenants.permissions import ALL_SCOPES, Role
+from wire.usage import JournalRecord, Outcome
 
 _counter = itertools.count(1)
 _journal_seq = itertools.count(1)
@@ -137,33 +138,33 @@ def journal_record(
     version: str = "demo-llama@v1",
     prompt: int = 10,
     completion: int = 20,
-    outcome: str = "stop",
+    outcome: Outcome = "stop",
     at: datetime | None = None,
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """One record in the inference plane's journal format."""
+    """One record in the inference plane's journal format, as a page carries it."""
     started = at or datetime.now(UTC)
-    return {
-        "seq": next(_journal_seq),
-        "request_id": request_id or f"req-{uuid.uuid4().hex}",
-        "tenant": str(tenant if isinstance(tenant, int) else tenant.pk),
-        "key": "" if key is None else str(key),
-        "model": model,
-        "model_version": version,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "outcome": outcome,
-        "queue_ms": 1,
-        "ttft_ms": 5,
-        "duration_ms": 40,
-        "started_at": started.isoformat(),
-        "finished_at": (started + timedelta(milliseconds=40)).isoformat(),
-    }
+    return JournalRecord(
+        seq=next(_journal_seq),
+        request_id=request_id or f"req-{uuid.uuid4().hex}",
+        tenant=tenant if isinstance(tenant, int) else tenant.pk,
+        key=key,
+        model=model,
+        model_version=version,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        outcome=outcome,
+        queue_ms=1,
+        ttft_ms=5,
+        duration_ms=40,
+        started_at=started.isoformat(),
+        finished_at=(started + timedelta(milliseconds=40)).isoformat(),
+    ).model_dump()
 
 
 def ledger_add(records: list[dict[str, Any]], *, node: str = "node-test") -> int:
     """Inserts records the way ingestion does (prices, ledger, rollups) without a node."""
-    return usage_records_insert(records, node_name=node).inserted
+    return usage_records_insert([JournalRecord.model_validate(r) for r in records], node_name=node).inserted
 
 
 @dataclass

@@ -73,8 +73,8 @@ class _Pages:
                 {
                     "seq": seq,
                     "request_id": f"bench-{uuid.uuid4().hex}",
-                    "tenant": str(tenant_ids[seq % len(tenant_ids)]),
-                    "key": "",
+                    "tenant": tenant_ids[seq % len(tenant_ids)],
+                    "key": None,
                     "model": ("demo-llama", "big-model", "tiny")[seq % 3],
                     "model_version": "v1",
                     "prompt_tokens": 20 + seq % 500,
@@ -153,6 +153,7 @@ def bench_ingestion(events: int, page_size: int, tenant_ids: list[int]) -> dict[
 
     from billing.models import IngestCursor, UsageRecord
     from billing.services.ingestion import usage_ingest_node, usage_records_insert
+    from wire.usage import JournalRecord
 
     pages = _Pages(tenant_ids, events, page_size)
     server, url = _serve(pages)
@@ -171,7 +172,7 @@ def bench_ingestion(events: int, page_size: int, tenant_ids: list[int]) -> dict[
     assert result.inserted == events, result
     assert IngestCursor.objects.get(node_name=Node.name).after_seq == events
     # The database part alone: the same records under fresh ids, no HTTP or JSON.
-    fresh = [{**r, "request_id": "db-" + r["request_id"]} for r in pages.records]
+    fresh = [JournalRecord.model_validate({**r, "request_id": "db-" + r["request_id"]}) for r in pages.records]
     started = time.perf_counter()
     for start in range(0, len(fresh), page_size):
         with transaction.atomic():

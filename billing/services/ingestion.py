@@ -9,8 +9,8 @@ cursor where it was; the next run fetches the same page and the unique request i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -19,16 +19,16 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing.models import IngestCursor, Outcome
+from billing.models import IngestCursor, UsageRecord
 from billing.money import token_cost
-from billing.pricing import PriceBook
-from billing.services.rollups import LedgerRow, rollups_apply
-from inference.client import usage_pull
+from billing.pricing import AppliedPrice, PriceBook
+from billing.services.rollups import LEDGER_COLUMNS, rollups_add_ledger_rows, rollups_add_sql
 from tenants.models import Tenant
+from wire.client import usage_pull
+from wire.usage import JournalPage, JournalRecord
 
 logger = logging.getLogger(__name__)
 
-_OUTCOMES = frozenset(o.value for o in Outcome)
 _INT32_MAX = 2**31 - 1
 
 
@@ -57,13 +57,16 @@ class IngestResult:
         self.tenant_ids |= other.tenant_ids
 
 
-@dataclass(slots=True)
-class _Row:
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One new ledger row (`billing_usagerecord`); the field names are its columns."""
+
     request_id: str
     tenant_id: int
     key_id: int | None
     model_name: str
     model_version: str
+    node_name: str
     journal_seq: int
     prompt_tokens: int
     completion_tokens: int
@@ -73,56 +76,73 @@ class _Row:
     duration_ms: int
     started_at: datetime
     finished_at: datetime
+    price_id: int | None
+    input_price_per_1m: Decimal
+    output_price_per_1m: Decimal
+    currency: str
+    cost: Decimal
+    ingested_at: datetime
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in LEDGER_ENTRY_COLUMNS)
 
 
-def _as_int(value: Any, *, minimum: int = 0, maximum: int = _INT32_MAX) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ValueError(f"bad integer {value!r}")
+LEDGER_ENTRY_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
+
+
+def _bounded(value: int, name: str, *, maximum: int = _INT32_MAX) -> int:
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} out of range: {value!r}")
     return value
 
 
-def _as_time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError(f"bad time {value!r}")
+def _as_time(value: str) -> datetime:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
 
-def _parse_record(record: Mapping[str, Any]) -> _Row:
-    request_id = record.get("request_id")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
-        raise ValueError("bad request_id")
-    tenant_raw = str(record.get("tenant", ""))
-    if not tenant_raw.isdigit():
-        raise ValueError("bad tenant")
-    key_raw = str(record.get("key") or "")
-    model = record.get("model")
-    if not isinstance(model, str) or not 0 < len(model) <= 200:
-        raise ValueError("bad model")
-    version = record.get("model_version") or ""
-    outcome = record.get("outcome")
-    if outcome not in _OUTCOMES:
-        raise ValueError(f"bad outcome {outcome!r}")
-    ttft = record.get("ttft_ms")
-    started = _as_time(record.get("started_at"))
-    finished = _as_time(record.get("finished_at") or record.get("started_at"))
-    return _Row(
-        request_id=request_id,
-        tenant_id=int(tenant_raw),
-        key_id=int(key_raw) if key_raw.isdigit() else None,
-        model_name=model,
-        model_version=str(version)[:200],
-        journal_seq=_as_int(record.get("seq"), maximum=2**63 - 1),
-        prompt_tokens=_as_int(record.get("prompt_tokens")),
-        completion_tokens=_as_int(record.get("completion_tokens")),
-        outcome=str(outcome),
-        queue_ms=_as_int(int(record.get("queue_ms") or 0)),
-        ttft_ms=None if ttft is None else _as_int(int(ttft)),
-        duration_ms=_as_int(int(record.get("duration_ms") or 0)),
+def _billable(record: JournalRecord) -> JournalRecord:
+    """The record if the ledger can hold it (the wire checks shape, this checks the columns)."""
+    if len(record.request_id) > 128:
+        raise ValueError("request_id is longer than 128 characters")
+    if len(record.model) > 200:
+        raise ValueError("model is longer than 200 characters")
+    _bounded(record.seq, "seq", maximum=2**63 - 1)
+    for name in ("prompt_tokens", "completion_tokens", "queue_ms", "duration_ms"):
+        _bounded(int(getattr(record, name)), name)
+    if record.ttft_ms is not None:
+        _bounded(int(record.ttft_ms), "ttft_ms")
+    _as_time(record.started_at)
+    _as_time(record.finished_at or record.started_at)
+    return record
+
+
+def _ledger_entry(record: JournalRecord, price: AppliedPrice, *, node_name: str, now: datetime) -> LedgerEntry:
+    started = _as_time(record.started_at)
+    return LedgerEntry(
+        request_id=record.request_id,
+        tenant_id=record.tenant,
+        key_id=record.key,
+        model_name=record.model,
+        model_version=record.model_version[:200],
+        node_name=node_name,
+        journal_seq=record.seq,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        outcome=record.outcome,
+        queue_ms=int(record.queue_ms),
+        ttft_ms=None if record.ttft_ms is None else int(record.ttft_ms),
+        duration_ms=int(record.duration_ms),
         started_at=started,
-        finished_at=finished,
+        finished_at=_as_time(record.finished_at) if record.finished_at else started,
+        price_id=price.price_id,
+        input_price_per_1m=price.input_per_1m,
+        output_price_per_1m=price.output_per_1m,
+        currency=price.currency,
+        cost=usage_cost(record.prompt_tokens, record.completion_tokens, price.input_per_1m, price.output_per_1m),
+        ingested_at=now,
     )
 
 
@@ -131,88 +151,53 @@ def usage_cost(prompt_tokens: int, completion_tokens: int, input_per_1m: Decimal
     return token_cost(prompt_tokens, input_per_1m) + token_cost(completion_tokens, output_per_1m)
 
 
-_INSERT_COLUMNS = (
-    "request_id",
-    "tenant_id",
-    "key_id",
-    "model_name",
-    "model_version",
-    "node_name",
-    "journal_seq",
-    "prompt_tokens",
-    "completion_tokens",
-    "outcome",
-    "queue_ms",
-    "ttft_ms",
-    "duration_ms",
-    "started_at",
-    "finished_at",
-    "price_id",
-    "input_price_per_1m",
-    "output_price_per_1m",
-    "currency",
-    "cost",
-    "ingested_at",
-)
-_PG_TYPES = (
-    "varchar(128)",
-    "bigint",
-    "bigint",
-    "varchar(200)",
-    "varchar(200)",
-    "varchar(200)",
-    "bigint",
-    "integer",
-    "integer",
-    "varchar(16)",
-    "integer",
-    "integer",
-    "integer",
-    "timestamptz",
-    "timestamptz",
-    "bigint",
-    "numeric(18, 6)",
-    "numeric(18, 6)",
-    "varchar(3)",
-    "numeric(28, 12)",
-    "timestamptz",
-)
-_COLUMN_LIST = ", ".join(_INSERT_COLUMNS)
+_PG_TYPES = {
+    "request_id": "varchar(128)",
+    "tenant_id": "bigint",
+    "key_id": "bigint",
+    "model_name": "varchar(200)",
+    "model_version": "varchar(200)",
+    "node_name": "varchar(200)",
+    "journal_seq": "bigint",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "outcome": "varchar(16)",
+    "queue_ms": "integer",
+    "ttft_ms": "integer",
+    "duration_ms": "integer",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "price_id": "bigint",
+    "input_price_per_1m": "numeric(18, 6)",
+    "output_price_per_1m": "numeric(18, 6)",
+    "currency": "varchar(3)",
+    "cost": "numeric(28, 12)",
+    "ingested_at": "timestamptz",
+}
+_COLUMN_LIST = ", ".join(LEDGER_ENTRY_COLUMNS)
 _STAGE = "billing_ingest_stage"
 # Session-local staging table: COPY is the fastest way in, the insert below the one way out.
 _PG_STAGE_CREATE = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
-    + ", ".join(f"{name} {kind}" for name, kind in zip(_INSERT_COLUMNS, _PG_TYPES, strict=True))
+    + ", ".join(f"{name} {_PG_TYPES[name]}" for name in LEDGER_ENTRY_COLUMNS)
     + ") ON COMMIT DELETE ROWS"
 )
 # One statement: insert new rows (repeats dropped on request_id) and add exactly those rows to the
-# hourly and daily rollups; both sorted so concurrent ingesters take row locks in the same order.
+# rollups with the one rollup statement.
+_ROLL_UP_INSERTED, _ROLL_UP_PARAMS = rollups_add_sql("inserted")
 _PG_INSERT_AND_ROLL_UP = f"""
 WITH inserted AS (
     INSERT INTO billing_usagerecord ({_COLUMN_LIST})
     SELECT {_COLUMN_LIST} FROM {_STAGE} ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING tenant_id, key_id, model_name, started_at, prompt_tokens, completion_tokens, cost
+    RETURNING {", ".join(LEDGER_COLUMNS)}
 ),
-rolled AS (
-    INSERT INTO billing_usagerollup
-        (bucket, bucket_start, tenant_id, key_id, model_name, requests, input_tokens, output_tokens, cost)
-    SELECT b.bucket, date_trunc(b.bucket, i.started_at, 'UTC'), i.tenant_id, coalesce(i.key_id, 0), i.model_name,
-           count(*), sum(i.prompt_tokens), sum(i.completion_tokens), sum(i.cost)
-    FROM inserted i CROSS JOIN (VALUES ('hour'), ('day')) AS b(bucket)
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (bucket, bucket_start, tenant_id, key_id, model_name) DO UPDATE SET
-        requests = billing_usagerollup.requests + EXCLUDED.requests,
-        input_tokens = billing_usagerollup.input_tokens + EXCLUDED.input_tokens,
-        output_tokens = billing_usagerollup.output_tokens + EXCLUDED.output_tokens,
-        cost = billing_usagerollup.cost + EXCLUDED.cost
-)
+rolled AS ({_ROLL_UP_INSERTED})
 SELECT tenant_id, count(*) FROM inserted GROUP BY tenant_id
 """  # noqa: S608 - constant SQL
 _GENERIC_INSERT = (
     f"INSERT INTO billing_usagerecord ({_COLUMN_LIST}) VALUES ("  # noqa: S608 - constant SQL
-    + ", ".join("%s" for _ in _INSERT_COLUMNS)
+    + ", ".join("%s" for _ in LEDGER_ENTRY_COLUMNS)
     + ") ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 )
 
@@ -224,7 +209,7 @@ class InsertResult:
     tenant_ids: set[int] = field(default_factory=set)
 
 
-def _insert_postgresql(values: list[tuple[Any, ...]]) -> dict[int, int]:
+def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
     # The staging table empties on commit, so COPY and insert must share one transaction.
     with transaction.atomic(), connection.cursor() as cursor:
         # Safe to skip the WAL flush wait: the cursor moves in this same transaction, so a commit
@@ -232,106 +217,69 @@ def _insert_postgresql(values: list[tuple[Any, ...]]) -> dict[int, int]:
         cursor.execute("SET LOCAL synchronous_commit TO OFF")
         cursor.execute(_PG_STAGE_CREATE)
         with cursor.copy(f"COPY {_STAGE} ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for value in values:
-                copy.write_row(value)
-        cursor.execute(_PG_INSERT_AND_ROLL_UP)
+            for entry in entries:
+                copy.write_row(entry.values())
+        cursor.execute(_PG_INSERT_AND_ROLL_UP, _ROLL_UP_PARAMS)
         counts = {int(tenant_id): int(n) for tenant_id, n in cursor.fetchall()}
         # Empty for the next batch of this transaction (a commit empties it as well).
         cursor.execute(f"DELETE FROM {_STAGE}")  # noqa: S608 - constant SQL
     return counts
 
 
-def _insert_generic(values: list[tuple[Any, ...]], ledger_rows: dict[str, LedgerRow]) -> dict[int, int]:
-    """Row by row (the embedded SQLite database of the demo), rollups computed in Python."""
-    ops = connection.ops
-    inserted: list[LedgerRow] = []
-    with connection.cursor() as cursor:
-        for value in values:
-            adapted = list(value)
-            for index in (13, 14, 20):
-                adapted[index] = ops.adapt_datetimefield_value(adapted[index])
-            for index in (16, 17, 19):
-                adapted[index] = ops.adapt_decimalfield_value(adapted[index])
-            cursor.execute(_GENERIC_INSERT, adapted)
-            hit = cursor.fetchone()
-            if hit:
-                inserted.append(ledger_rows[hit[0]])
-    rollups_apply(inserted)
+_MODEL_FIELDS = [{f.attname: f for f in UsageRecord._meta.concrete_fields}[name] for name in LEDGER_ENTRY_COLUMNS]
+_ID_CHUNK = 500  # under SQLite's limit on query parameters
+
+
+def _insert_generic(entries: Iterable[LedgerEntry]) -> dict[int, int]:
+    """Row by row (the embedded SQLite database of the demo), then the one rollup statement."""
     counts: dict[int, int] = {}
-    for row in inserted:
-        counts[row.tenant_id] = counts.get(row.tenant_id, 0) + 1
+    inserted: list[str] = []
+    with connection.cursor() as cursor:
+        for entry in entries:
+            adapted = [f.get_db_prep_save(v, connection) for f, v in zip(_MODEL_FIELDS, entry.values(), strict=True)]
+            cursor.execute(_GENERIC_INSERT, adapted)
+            if cursor.fetchone():
+                inserted.append(entry.request_id)
+                counts[entry.tenant_id] = counts.get(entry.tenant_id, 0) + 1
+    for start in range(0, len(inserted), _ID_CHUNK):
+        rollups_add_ledger_rows(UsageRecord.objects.filter(request_id__in=inserted[start : start + _ID_CHUNK]))
     return counts
 
 
-def usage_records_insert(records: Sequence[Mapping[str, Any]], *, node_name: str) -> InsertResult:
+def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) -> InsertResult:
     """Prices journal records, inserts the new ones into the ledger and adds them to the rollups.
 
-    Runs inside the caller's transaction. Records that cannot be billed (malformed, unknown
-    tenant) are logged and skipped so one bad record never blocks a node's journal.
+    Runs inside the caller's transaction. Records that cannot be billed (out of the ledger's
+    range, unknown tenant) are logged and skipped so one bad record never blocks a node's journal.
     """
     result = InsertResult()
-    parsed: dict[str, _Row] = {}
+    billable: dict[str, JournalRecord] = {}
     for record in records:
         try:
-            row = _parse_record(record)
-        except (ValueError, TypeError) as exc:
+            _billable(record)
+        except ValueError as exc:
             result.rejected += 1
-            logger.error("usage record rejected from node %s: %s (%r)", node_name, exc, record.get("request_id"))
+            logger.error("usage record rejected from node %s: %s (%r)", node_name, exc, record.request_id)
             continue
-        parsed.setdefault(row.request_id, row)
-    if not parsed:
+        billable.setdefault(record.request_id, record)
+    if not billable:
         return result
-    tenant_ids = {row.tenant_id for row in parsed.values()}
+    tenant_ids = {record.tenant for record in billable.values()}
     known = set(Tenant.objects.filter(id__in=tenant_ids).values_list("id", flat=True))
     if known != tenant_ids:
-        for request_id in [rid for rid, row in parsed.items() if row.tenant_id not in known]:
+        for request_id in [rid for rid, record in billable.items() if record.tenant not in known]:
             result.rejected += 1
             logger.error("usage record %s from node %s names an unknown tenant", request_id, node_name)
-            del parsed[request_id]
+            del billable[request_id]
     book = PriceBook(known)
     now = timezone.now()
-    values: list[tuple[Any, ...]] = []
-    ledger_rows: dict[str, LedgerRow] = {}
-    is_postgresql = connection.vendor == "postgresql"
-    for row in parsed.values():
-        price = book.lookup(row.tenant_id, row.model_name, row.started_at)
-        cost = usage_cost(row.prompt_tokens, row.completion_tokens, price.input_per_1m, price.output_per_1m)
-        values.append(
-            (
-                row.request_id,
-                row.tenant_id,
-                row.key_id,
-                row.model_name,
-                row.model_version,
-                node_name,
-                row.journal_seq,
-                row.prompt_tokens,
-                row.completion_tokens,
-                row.outcome,
-                row.queue_ms,
-                row.ttft_ms,
-                row.duration_ms,
-                row.started_at,
-                row.finished_at,
-                price.price_id,
-                price.input_per_1m,
-                price.output_per_1m,
-                price.currency,
-                cost,
-                now,
-            )
+    entries = [
+        _ledger_entry(
+            record, book.lookup(record.tenant, record.model, _as_time(record.started_at)), node_name=node_name, now=now
         )
-        if not is_postgresql:
-            ledger_rows[row.request_id] = LedgerRow(
-                row.tenant_id,
-                row.key_id,
-                row.model_name,
-                row.started_at,
-                row.prompt_tokens,
-                row.completion_tokens,
-                cost,
-            )
-    counts = _insert_postgresql(values) if is_postgresql else _insert_generic(values, ledger_rows)
+        for record in billable.values()
+    ]
+    counts = _insert_postgresql(entries) if connection.vendor == "postgresql" else _insert_generic(entries)
     result.inserted = sum(counts.values())
     result.tenant_ids = set(counts)
     return result
@@ -349,9 +297,11 @@ def usage_ingest_node(node: NodeLike, *, page_size: int | None = None, max_pages
     cursor_row, _ = IngestCursor.objects.get_or_create(node_name=name)
     after = cursor_row.after_seq
     while max_pages is None or result.pages < max_pages:
-        page = usage_pull(node.base_url, _node_secret(), after=after, limit=page_size)
-        records: list[dict[str, Any]] = page.get("records") or []
-        next_after = int(page.get("next_after", after))
+        page, malformed = JournalPage.parse(usage_pull(node.base_url, _node_secret(), after=after, limit=page_size))
+        for bad in malformed:
+            logger.error("usage record rejected from node %s: %s (%r)", name, bad.reason, bad.request_id)
+        records = page.records
+        next_after = page.next_after
         with transaction.atomic():
             locked = IngestCursor.objects.select_for_update().get(node_name=name)
             if locked.after_seq != after:
@@ -366,12 +316,12 @@ def usage_ingest_node(node: NodeLike, *, page_size: int | None = None, max_pages
                 last_error="",
             )
         result.pages += 1
-        result.fetched += len(records)
+        result.fetched += len(records) + len(malformed)
         result.inserted += batch.inserted
-        result.rejected += batch.rejected
+        result.rejected += batch.rejected + len(malformed)
         result.tenant_ids |= batch.tenant_ids
         after = max(next_after, after)
-        if not page.get("has_more") or not records:
+        if not page.has_more or not (records or malformed):
             break
     return result
 

@@ -31,13 +31,14 @@ COPY tenants/ tenants/
 COPY gateway/ gateway/
 COPY billing/ billing/
 COPY frontend/ frontend/
+COPY wire/ wire/
 COPY inference/ inference/
 COPY --from=assets /src/frontend/node_modules/ frontend/node_modules/
 # Static files are collected at build time and served by WhiteNoise; node_modules is not shipped.
 RUN python frontend/build_assets.py \
     && python manage.py collectstatic --noinput \
     && rm -rf frontend/node_modules \
-    && python -m compileall -q config tenants gateway billing frontend inference
+    && python -m compileall -q config tenants gateway billing frontend wire inference
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -34,8 +34,9 @@ RUN groupadd --system --gid 10001 mmorch \
     && install -d -o mmorch -g mmorch -m 0750 /var/lib/mmorch /var/lib/mmorch/journal /var/lib/mmorch/models
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
+COPY wire/ wire/
 COPY inference/ inference/
-RUN python -m compileall -q inference
+RUN python -m compileall -q wire inference
 USER 10001:10001
 # The usage journal must outlive the container: billing reads it after a restart.
 VOLUME ["/var/lib/mmorch/journal"]

@@ -38,8 +38,9 @@ RUN apt-get update \
     && install -d -o mmorch -g mmorch -m 0750 /var/lib/mmorch /var/lib/mmorch/journal /var/lib/mmorch/models
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
+COPY wire/ wire/
 COPY inference/ inference/
-RUN python -m compileall -q inference
+RUN python -m compileall -q wire inference
 USER 10001:10001
 VOLUME ["/var/lib/mmorch/journal"]
 EXPOSE 8100

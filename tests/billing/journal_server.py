@@ -1,7 +1,7 @@
 """A node's usage journal over HTTP, for ingestion tests that need control over the records.
 
 It speaks the inference plane's `/internal/usage` contract (signed GET, `after`/`limit`,
-`records`/`next_after`/`has_more`) and checks the gateway signature with inference.client.
+`records`/`next_after`/`has_more`) and checks the gateway signature with wire.signing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from inference.client import SignatureError, verify_signature
+from wire.signing import SignatureError, verify_signature
 
 
 class Journal:

@@ -103,8 +103,9 @@ def test_ingest_twice_and_concurrently_matches_journal(settings: Any) -> None:
         rolled = UsageRollup.objects.filter(bucket=bucket).aggregate(
             n=Sum("requests"), i=Sum("input_tokens"), o=Sum("output_tokens"), c=Sum("cost")
         )
-        ledger = UsageRecord.objects.aggregate(n=Count("id"), i=Sum("prompt_tokens"), o=Sum("completion_tokens"),
-                                               c=Sum("cost"))  # fmt: skip
+        ledger = UsageRecord.objects.aggregate(
+            n=Count("id"), i=Sum("prompt_tokens"), o=Sum("completion_tokens"), c=Sum("cost")
+        )
         assert rolled == ledger
 
 
@@ -141,8 +142,9 @@ def test_price_applies_from_its_date_by_request_start() -> None:
     tenant = factories.tenant()
     change = datetime(2026, 3, 15, 12, tzinfo=UTC)
     priced = plan_with_price(input_per_1m="1", output_per_1m="1", effective_from=datetime(2026, 1, 1, tzinfo=UTC))
-    priced.plan.prices.create(model_name="demo-llama", input_per_1m=Decimal("3"), output_per_1m=Decimal("5"),
-                              effective_from=change)  # fmt: skip
+    priced.plan.prices.create(
+        model_name="demo-llama", input_per_1m=Decimal("3"), output_per_1m=Decimal("5"), effective_from=change
+    )
     subscribe_directly(tenant, priced.plan)
     before = journal_record(tenant, prompt=1_000_000, completion=0, at=change - timedelta(seconds=1))
     after = journal_record(tenant, prompt=1_000_000, completion=1_000_000, at=change)
@@ -174,26 +176,46 @@ def test_rollup_rebuild_equals_incremental_rollups() -> None:
     subscribe_directly(t1, priced.plan)
     base = datetime(2026, 2, 27, 22, tzinfo=UTC)
     records = [
-        journal_record(t1 if i % 2 else t2, key=key.pk if i % 4 == 1 else None, at=base + timedelta(minutes=17 * i),
-                       model="demo-llama" if i % 5 else "other", prompt=i, completion=2 * i)
+        journal_record(
+            t1 if i % 2 else t2,
+            key=key.pk if i % 4 == 1 else None,
+            at=base + timedelta(minutes=17 * i),
+            model="demo-llama" if i % 5 else "other",
+            prompt=i,
+            completion=2 * i,
+        )
         for i in range(60)
-    ]  # fmt: skip
+    ]
     ledger_add(records)
     snapshot = sorted(
         UsageRollup.objects.values_list(
-            "bucket", "bucket_start", "tenant_id", "key_id", "model_name", "requests", "input_tokens", "output_tokens",
+            "bucket",
+            "bucket_start",
+            "tenant_id",
+            "key_id",
+            "model_name",
+            "requests",
+            "input_tokens",
+            "output_tokens",
             "cost",
         )
-    )  # fmt: skip
+    )
     UsageRollup.objects.all().delete()
     written = usage_rollups_rebuild(start=base, end=base + timedelta(days=2))
     assert written == len(snapshot)
     rebuilt = sorted(
         UsageRollup.objects.values_list(
-            "bucket", "bucket_start", "tenant_id", "key_id", "model_name", "requests", "input_tokens", "output_tokens",
+            "bucket",
+            "bucket_start",
+            "tenant_id",
+            "key_id",
+            "model_name",
+            "requests",
+            "input_tokens",
+            "output_tokens",
             "cost",
         )
-    )  # fmt: skip
+    )
     assert rebuilt == snapshot
     # The hourly buckets are hour-aligned and keyed rows carry the key id.
     assert UsageRollup.objects.filter(key_id=key.pk, bucket=Bucket.HOUR).exists()
@@ -204,8 +226,6 @@ def test_queries_per_page_do_not_grow_with_the_page() -> None:
     from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
 
-    from billing.services.ingestion import usage_records_insert
-
     tenants = [factories.tenant() for _ in range(12)]
     priced = plan_with_price()
     for tenant in tenants:
@@ -214,7 +234,7 @@ def test_queries_per_page_do_not_grow_with_the_page() -> None:
     for size in (5, 400):
         records = [journal_record(tenants[i % len(tenants)], prompt=i, completion=i) for i in range(size)]
         with CaptureQueriesContext(connection) as queries, transaction.atomic():
-            assert usage_records_insert(records, node_name="node-q").inserted == size
+            assert ledger_add(records, node="node-q") == size
         counts.append(len(queries))
     assert counts[0] == counts[1] <= 12
 

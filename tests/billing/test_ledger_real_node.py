@@ -1,6 +1,6 @@
 """Ledger integrity against a real inference node process and real signed requests.
 
-Requests go through `inference.client` the way the gateway sends them; some streams are cut
+Requests go through `wire.client` the way the gateway sends them; some streams are cut
 off mid-way (billed for what they used). Ingestion then runs concurrently and again: the
 ledger must equal the node's journal exactly, with no duplicates.
 """
@@ -22,21 +22,22 @@ from django.db.models import Count, Sum
 from billing.models import IngestCursor, UsageRecord, UsageRollup
 from billing.services.ingestion import usage_ingest_all, usage_ingest_node
 from gateway import services as gateway_services
-from inference.client import InferenceClient, TenantContext, usage_pull
 from tests import factories
 from tests.factories import plan_with_price, subscribe_directly
 from tests.support.inference_node import inference_node
+from wire.client import InferenceClient, usage_pull
+from wire.context import SignedContext
 
 SECRET = "billing-test-secret"
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-async def _send(base_url: str, contexts: list[tuple[TenantContext, bool, bool]]) -> None:
+async def _send(base_url: str, contexts: list[tuple[SignedContext, bool, bool]]) -> None:
     """Each (context, stream, cut): sends one chat request; `cut` drops the stream after one chunk."""
     client = InferenceClient(pool_size=8)
     semaphore = asyncio.Semaphore(6)
 
-    async def one(ctx: TenantContext, stream: bool, cut: bool) -> None:
+    async def one(ctx: SignedContext, stream: bool, cut: bool) -> None:
         body = json.dumps(
             {"model": "demo-llama", "messages": [{"role": "user", "content": f"count to {len(ctx.request_id)}"}],
              "max_tokens": 24, "stream": stream}
@@ -81,7 +82,7 @@ def test_ledger_equals_journal_with_cut_streams_and_concurrent_ingestion(setting
     contexts = []
     for i in range(36):
         index = i % 3
-        ctx = TenantContext(tenant=str(tenants[index].pk), key=str(keys[index].pk), request_id=f"bill-{uuid.uuid4()}")
+        ctx = SignedContext(tenant=tenants[index].pk, key=keys[index].pk, request_id=f"bill-{uuid.uuid4()}")
         contexts.append((ctx, i % 2 == 0, i % 6 == 0))
     with inference_node(secret=SECRET, INFERENCE_MAX_BATCH_SIZE="8") as node:
         asyncio.run(_send(node.base_url, contexts))

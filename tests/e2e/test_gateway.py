@@ -17,12 +17,12 @@ import pytest
 
 from gateway import services as gw
 from gateway.models import ModelVersion, NodeState
-from inference.client import usage_pull
 from tenants import services as tn
 from tenants.selectors import key_get_in_tenant
 from tests import factories
 from tests.e2e.support import ControlPlane, control_plane
 from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
+from wire.client import usage_pull
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ACTOR = factories.SYSTEM
@@ -141,7 +141,7 @@ def test_openai_client_chat_and_completions_match_the_journal(server: ControlPla
     for request_id, seen in ((rid, chat.usage), (rid_text, text.usage), (rid_stream, usage)):
         record = records[request_id]
         assert (record["prompt_tokens"], record["completion_tokens"]) == (seen.prompt_tokens, seen.completion_tokens)
-        assert record["tenant"] == str(world.tenant.id) and record["key"] == str(world.key_id)
+        assert record["tenant"] == world.tenant.id and record["key"] == world.key_id
         assert record["model_version"] == "v1"
     assert records[rid_plain]["completion_tokens"] == 4
 

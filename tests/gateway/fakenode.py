@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from inference.client import SignatureError, verify_signature
+from wire.signing import SignatureError, verify_signature
 
 PROMPT_TOKENS = 7
 REPLY_WORDS = ["Hello", " from", " the", " fake", " node", "."]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.client import TenantContext, sign_headers
 from tests.support.inference_node import demo_model_path
+from wire.context import SignedContext
+from wire.signing import sign_headers
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +34,12 @@ def signed(
     body: bytes,
     *,
     method: str = "POST",
-    tenant: str = "t-1",
-    key: str = "k-1",
+    tenant: int = 1,
+    key: int | None = 1,
     request_id: str | None = None,
     **ctx: int | str,
 ) -> dict[str, str]:
-    context = TenantContext(tenant=tenant, key=key, request_id=request_id or str(uuid.uuid4()), **ctx)  # type: ignore[arg-type]
+    context = SignedContext(tenant=tenant, key=key, request_id=request_id or str(uuid.uuid4()), **ctx)  # type: ignore[arg-type]
     headers = sign_headers(secret, method, path, body, context)
     headers["content-type"] = "application/json"
     return headers

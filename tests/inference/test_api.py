@@ -14,9 +14,11 @@ import httpx2
 import openai
 import pytest
 
-from inference.client import TenantContext, sign_headers, usage_pull
 from tests.inference.conftest import signed
 from tests.support.inference_node import InferenceNode, inference_node
+from wire.client import usage_pull
+from wire.context import SignedContext
+from wire.signing import sign_headers
 
 SECRET = "api-test-secret"
 
@@ -45,12 +47,12 @@ async def post(node: InferenceNode, path: str, payload: Any, **ctx: Any) -> tupl
         return r.status, dict(r.headers), await r.read()
 
 
-def signing_client(node: InferenceNode, *, tenant: str = "t-openai", model_version: str = "") -> openai.AsyncOpenAI:
+def signing_client(node: InferenceNode, *, tenant: int = 101, model_version: str = "") -> openai.AsyncOpenAI:
     """The official client, with each request signed the way the gateway signs it."""
 
     async def sign(request: httpx2.Request) -> None:
         body = request.read()
-        ctx = TenantContext(tenant=tenant, key="k-openai", request_id=str(uuid.uuid4()), model_version=model_version)
+        ctx = SignedContext(tenant=tenant, key=7, request_id=str(uuid.uuid4()), model_version=model_version)
         request.headers.update(sign_headers(SECRET, request.method, request.url.raw_path.decode(), body, ctx))
 
     http = httpx2.AsyncClient(event_hooks={"request": [sign]})
@@ -214,19 +216,17 @@ async def test_bad_completion_prompt_and_unknown_route(node: InferenceNode) -> N
 async def test_signatures_are_required_over_http(node: InferenceNode) -> None:
     path = "/v1/completions"
     body = json.dumps({"model": "demo-llama", "prompt": "hi", "max_tokens": 2}).encode()
-    good = signed(SECRET, path, body, tenant="alice")
+    good = signed(SECRET, path, body, tenant=201)
     before = cursor(node)
     cases = {
         "missing": {"content-type": "application/json"},
-        "wrong-secret": signed("not-the-secret", path, body, tenant="alice"),
+        "wrong-secret": signed("not-the-secret", path, body, tenant=201),
         "stale": {
-            **sign_headers(
-                SECRET, "POST", path, body, TenantContext("alice", "k", "r"), timestamp=int(time.time()) - 120
-            ),
+            **sign_headers(SECRET, "POST", path, body, SignedContext(201, 5, "r"), timestamp=int(time.time()) - 120),
             "content-type": "application/json",
         },
         # The same signed body replayed under another tenant's name.
-        "replayed-other-tenant": {**good, "x-mmorch-tenant": "mallory"},
+        "replayed-other-tenant": {**good, "x-mmorch-tenant": "202"},
         "replayed-raised-weight": {**good, "x-mmorch-weight": "50"},
     }
     async with aiohttp.ClientSession() as session:
@@ -242,7 +242,7 @@ async def test_signatures_are_required_over_http(node: InferenceNode) -> None:
         async with session.post(node.base_url + path, data=body, headers=good) as r:
             assert r.status == 200
     new = records_after(node, before)
-    assert [r["tenant"] for r in new] == ["alice"]
+    assert [r["tenant"] for r in new] == [201]
 
 
 async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None:
@@ -250,7 +250,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
     ids = [str(uuid.uuid4()) for _ in range(5)]
     for rid in ids:
         payload = {"model": "demo-llama", "prompt": "hello", "max_tokens": 3}
-        status, _, _ = await post(node, "/v1/completions", payload, request_id=rid, tenant="t-usage", key="k-9")
+        status, _, _ = await post(node, "/v1/completions", payload, request_id=rid, tenant=301, key=9)
         assert status == 200
     first = usage_pull(node.base_url, SECRET, after=before, limit=3)
     again = usage_pull(node.base_url, SECRET, after=before, limit=3)
@@ -262,6 +262,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
     assert [r["request_id"] for r in records] == ids
     record = records[0]
     assert set(record) == {
+        "version",
         "seq",
         "request_id",
         "tenant",
@@ -278,12 +279,13 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "finished_at",
     }
     assert (record["tenant"], record["key"], record["model"], record["model_version"]) == (
-        "t-usage",
-        "k-9",
+        301,
+        9,
         "demo-llama",
         "v1",
     )
     assert (record["prompt_tokens"], record["completion_tokens"], record["outcome"]) == (5, 3, "length")
+    assert record["version"] == 1
     assert record["finished_at"].endswith("Z") and record["started_at"] <= record["finished_at"]
     assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
     async with aiohttp.ClientSession() as session:
@@ -314,10 +316,9 @@ async def test_client_disconnect_aborts_and_frees_the_slot(node: InferenceNode) 
     assert records[0]["completion_tokens"] < 256
     async with aiohttp.ClientSession() as session, session.get(node.base_url + "/metrics") as r:
         metrics = await r.text()
-    assert 'mmorch_inference_running_requests{model="demo-llama",model_version="v1",tenant="t-1"} 0.0' in metrics
+    assert 'mmorch_inference_running_requests{model="demo-llama",model_version="v1",tenant="1"} 0.0' in metrics
     assert (
-        'mmorch_inference_requests_total{model="demo-llama",model_version="v1",outcome="aborted",tenant="t-1"}'
-        in metrics
+        'mmorch_inference_requests_total{model="demo-llama",model_version="v1",outcome="aborted",tenant="1"}' in metrics
     )
 
 
@@ -344,14 +345,14 @@ async def test_health_ready_and_metrics(node: InferenceNode) -> None:
 
 
 async def test_inference_client_streams_and_reports_connection_failures(node: InferenceNode) -> None:
-    from inference.client import InferenceClient, probe_ready
     from tests.support.inference_node import free_port
+    from wire.client import InferenceClient, probe_ready
 
     client = InferenceClient()
     body = json.dumps(
         {"model": "demo-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
     ).encode()
-    ctx = TenantContext(tenant="t-client", key="k", request_id=str(uuid.uuid4()), weight=2)
+    ctx = SignedContext(tenant=401, key=5, request_id=str(uuid.uuid4()), weight=2)
     response = await client.open(node.base_url, "/v1/chat/completions", body, ctx, secret=SECRET, timeout=10)
     try:
         assert response.status == 200
@@ -383,7 +384,7 @@ async def test_missing_request_id_gets_one_made_here(node: InferenceNode) -> Non
     before = cursor(node)
     path = "/v1/completions"
     body = json.dumps({"model": "demo-llama", "prompt": "x", "max_tokens": 1}).encode()
-    headers = sign_headers(SECRET, "POST", path, body, TenantContext(tenant="t-noid", key="k", request_id=""))
+    headers = sign_headers(SECRET, "POST", path, body, SignedContext(tenant=402, key=5, request_id=""))
     async with aiohttp.ClientSession() as session, session.post(node.base_url + path, data=body, headers=headers) as r:
         assert r.status == 200
         made = r.headers["x-request-id"]

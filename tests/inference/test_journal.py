@@ -12,10 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from inference.client import usage_pull
-from inference.journal import Journal, UsageRecord, utc_iso
+from inference.journal import Journal, utc_iso
 from tests.inference.conftest import signed
 from tests.support.inference_node import inference_node
+from wire.client import usage_pull
+from wire.usage import JournalRecord
 
 SECRET = "journal-secret"
 
@@ -83,11 +84,11 @@ async def test_completed_requests_survive_kill_9_exactly_once(tmp_path: Path) ->
     assert [r["seq"] for r in records] == sorted({r["seq"] for r in records})
 
 
-def record(request_id: str, finished_ts: float) -> UsageRecord:
-    return UsageRecord(
+def record(request_id: str, finished_ts: float) -> JournalRecord:
+    return JournalRecord(
         request_id=request_id,
-        tenant="t",
-        key="k",
+        tenant=1,
+        key=2,
         model="m",
         model_version="v1",
         prompt_tokens=1,
@@ -98,7 +99,6 @@ def record(request_id: str, finished_ts: float) -> UsageRecord:
         duration_ms=2.0,
         started_at=utc_iso(finished_ts),
         finished_at=utc_iso(finished_ts),
-        finished_ts=finished_ts,
     )
 
 
@@ -111,13 +111,13 @@ async def test_retention_prunes_old_records_and_sequence_numbers_never_repeat(tm
     journal.close()
     assert journal.prune() == 1
     page = journal.read_page(after=0, limit=10)
-    assert [r["request_id"] for r in page["records"]] == ["recent"]
-    assert (page["next_after"], page["has_more"]) == (recent, False)
+    assert [r.request_id for r in page.records] == ["recent"]
+    assert (page.next_after, page.has_more) == (recent, False)
     journal.open()  # opening prunes too, and the next sequence number continues after the deleted ones
     newer = await journal.append(record("newer", now))
     journal.close()
     assert newer > recent > old
-    assert journal.read_page(after=recent, limit=10)["records"][0]["request_id"] == "newer"
+    assert journal.read_page(after=recent, limit=10).records[0].request_id == "newer"
 
 
 async def test_group_commit_keeps_every_record(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ async def test_group_commit_keeps_every_record(tmp_path: Path) -> None:
     journal.close()
     assert sorted(seqs) == list(range(1, 201))
     page = journal.read_page(after=0, limit=1000)
-    assert {r["request_id"] for r in page["records"]} == {f"r{i}" for i in range(200)}
+    assert {r.request_id for r in page.records} == {f"r{i}" for i in range(200)}
 
 
 def test_sigterm_on_an_idle_node_exits_cleanly(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from django.conf import settings
 from django.db import transaction
 from django.test import Client
 
-from inference.client import TenantContext, sign_headers
 from tests.support.inference_node import InferenceNode, inference_node
+from wire.context import SignedContext
+from wire.signing import sign_headers
 
 
 def node_secret() -> str:
@@ -33,7 +34,7 @@ def live_node() -> Iterator[InferenceNode]:
     # A short drain keeps the teardown quick; draining itself is not under test here.
     with inference_node(secret=node_secret(), INFERENCE_DRAIN_TIMEOUT_S="0.5") as node:
         body = json.dumps({"model": "demo-llama", "prompt": "Hello", "max_tokens": 4}).encode()
-        ctx = TenantContext(tenant="7", key="3", request_id="req_metrics_test", max_inflight=4, max_queued=4)
+        ctx = SignedContext(tenant=7, key=3, request_id="req_metrics_test", max_inflight=4, max_queued=4)
         headers = sign_headers(node_secret(), "POST", "/v1/completions", body, ctx)
         headers["content-type"] = "application/json"
         request = urllib.request.Request(node.base_url + "/v1/completions", data=body, headers=headers, method="POST")

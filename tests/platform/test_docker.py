@@ -25,7 +25,7 @@ from tests.platform.helpers import DOCKER_DIR, ROOT
 
 IMAGES = ("control-plane", "inference-cpu", "inference-gpu")
 PACKAGING_TOOLS = {"pip", "setuptools", "wheel"}
-FIRST_PARTY = {"config", "tenants", "gateway", "billing", "frontend", "inference", "manage"}
+FIRST_PARTY = {"config", "tenants", "gateway", "billing", "frontend", "inference", "wire", "manage"}
 
 
 @dataclass

@@ -1,37 +1,22 @@
-"""OpenAI-compatible request models (the subset this plane serves) and the error type."""
+"""The node's wire request models: OpenAI-compatible, the subset the inference plane serves."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class APIError(Exception):
-    """An error answered as {"error": {"message", "type", "param", "code"}}."""
+class RequestInvalid(ValueError):
+    """A request body that does not validate: a 400 naming the offending field."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
-        self.type = type
         self.param = param
         self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class _Strict(BaseModel):
@@ -128,16 +113,16 @@ class CompletionRequest(_SamplingFields):
 
 
 def parse_body(model: type[_M], body: bytes) -> _M:
-    """Validate a JSON body; any problem becomes a 400 naming the offending field."""
+    """Validate a JSON body; any problem raises RequestInvalid naming the offending field."""
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["type"] in ("json_invalid", "json_type"):
-            raise APIError(400, "the request body is not valid JSON", code="invalid_json") from exc
+            raise RequestInvalid("the request body is not valid JSON", code="invalid_json") from exc
         loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "str", "list["))]
         param = ".".join(loc) or None
         message = first["msg"]
         if param:
             message = f"{param}: {message}"
-        raise APIError(400, message, param=param, code="invalid_value" if loc else None) from exc
+        raise RequestInvalid(message, param=param, code="invalid_value" if loc else None) from exc

@@ -8,19 +8,11 @@ import time
 
 import pytest
 
-from inference.client import (
-    HEADER_SIGNATURE,
-    HEADER_TENANT,
-    HEADER_TIMESTAMP,
-    HEADER_WEIGHT,
-    SignatureError,
-    TenantContext,
-    sign_headers,
-    verify_signature,
-)
+from wire.context import HEADER_KEY, HEADER_TENANT, HEADER_WEIGHT, SignedContext
+from wire.signing import HEADER_SIGNATURE, HEADER_TIMESTAMP, SignatureError, sign_headers, verify_signature
 
-CTX = TenantContext(
-    tenant="42", key="7", request_id="req-1", weight=3, max_inflight=4, max_queued=8, priority=2, model_version="v2"
+CTX = SignedContext(
+    tenant=42, key=7, request_id="req-1", weight=3, max_inflight=4, max_queued=8, priority=2, model_version="v2"
 )
 BODY = b'{"model": "demo-llama", "prompt": "hi"}'
 
@@ -35,7 +27,7 @@ def test_round_trip_returns_the_signed_context() -> None:
 
 def test_any_configured_secret_verifies_for_rotation() -> None:
     headers = sign_headers("new", "POST", "/v1/completions", BODY, CTX)
-    assert verify_signature(["old", "new"], "POST", "/v1/completions", BODY, headers).tenant == "42"
+    assert verify_signature(["old", "new"], "POST", "/v1/completions", BODY, headers).tenant == 42
     with pytest.raises(SignatureError, match="wrong"):
         verify_signature(["old"], "POST", "/v1/completions", BODY, headers)
 
@@ -84,15 +76,39 @@ def test_stale_and_future_timestamps_are_rejected() -> None:
     with pytest.raises(SignatureError, match="stale"):
         verify_signature(["s1"], "POST", "/x", BODY, future)
     fresh = sign_headers("s1", "POST", "/x", BODY, CTX, timestamp=now - 30)
-    assert verify_signature(["s1"], "POST", "/x", BODY, fresh).key == "7"
+    assert verify_signature(["s1"], "POST", "/x", BODY, fresh).key == 7
 
 
 def test_client_module_stays_light() -> None:
     # The gateway imports it on every process; it must not drag in the model stack.
     code = (
-        "import sys, inference.client; "
+        "import sys, wire.client; "
         "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'starlette') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_tenant_and_key_travel_as_integers() -> None:
+    headers = sign_headers("s1", "POST", "/v1/completions", BODY, CTX)
+    assert (headers[HEADER_TENANT], headers[HEADER_KEY]) == ("42", "7")
+    ctx = verify_signature(["s1"], "POST", "/v1/completions", BODY, headers)
+    assert (ctx.tenant, ctx.key) == (42, 7)
+    keyless = SignedContext(tenant=0, key=None, request_id="pull")
+    headers = sign_headers("s1", "GET", "/internal/usage?after=0", b"", keyless)
+    assert headers[HEADER_KEY] == ""
+    assert verify_signature(["s1"], "GET", "/internal/usage?after=0", b"", headers) == keyless
+
+
+def test_a_signed_but_malformed_tenant_is_refused() -> None:
+    # Signed with the right secret, but the context does not say an integer: not a request we know.
+    bad = {**SignedContext(tenant=1, key=1, request_id="r").header_values(), HEADER_TENANT: "acme"}
+
+    class Raw(SignedContext):
+        def header_values(self) -> dict[str, str]:
+            return bad
+
+    headers = sign_headers("s1", "POST", "/x", BODY, Raw(tenant=1, key=1, request_id="r"))
+    with pytest.raises(SignatureError, match="integer"):
+        verify_signature(["s1"], "POST", "/x", BODY, headers)

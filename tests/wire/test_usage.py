@@ -1,0 +1,70 @@
+"""The journal record and page: one definition, versioned, the same on both sides."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from wire.usage import JOURNAL_RECORD_VERSION, JournalPage, JournalRecord, UnknownRecordVersion
+
+RECORD = JournalRecord(
+    seq=3,
+    request_id="req-1",
+    tenant=42,
+    key=7,
+    model="demo-llama",
+    model_version="v1",
+    prompt_tokens=5,
+    completion_tokens=3,
+    outcome="length",
+    queue_ms=0.5,
+    ttft_ms=1.25,
+    duration_ms=9.0,
+    started_at="2026-03-01T10:00:00.000Z",
+    finished_at="2026-03-01T10:00:00.009Z",
+)
+
+
+def test_record_carries_its_version_and_round_trips() -> None:
+    assert RECORD.version == JOURNAL_RECORD_VERSION == 1
+    dumped = RECORD.model_dump()
+    assert dumped["version"] == 1 and dumped["tenant"] == 42 and dumped["key"] == 7
+    assert JournalRecord.model_validate(dumped) == RECORD
+    assert JournalRecord.model_validate_json(RECORD.model_dump_json()) == RECORD
+
+
+def test_page_round_trips() -> None:
+    page = JournalPage(records=[RECORD], next_after=3, has_more=False)
+    parsed, rejected = JournalPage.parse(page.model_dump())
+    assert (parsed, rejected) == (page, [])
+
+
+def test_records_of_older_journals_still_read() -> None:
+    # Before ids were integers on the wire: tenant and key as strings, "" for no key, no version.
+    legacy = {**RECORD.model_dump(), "tenant": "42", "key": ""}
+    del legacy["version"]
+    parsed = JournalRecord.model_validate(legacy)
+    assert (parsed.version, parsed.tenant, parsed.key) == (1, 42, None)
+
+
+def test_a_malformed_record_is_rejected_alone() -> None:
+    good = RECORD.model_dump()
+    bad = {**good, "request_id": "req-2", "prompt_tokens": -1}
+    odd = {**good, "request_id": "req-3", "outcome": "exploded"}
+    page, rejected = JournalPage.parse({"records": [good, bad, odd, "nope"], "next_after": 9, "has_more": True})
+    assert page.records == [RECORD] and (page.next_after, page.has_more) == (9, True)
+    assert [r.request_id for r in rejected] == ["req-2", "req-3", None]
+    assert "prompt_tokens" in rejected[0].reason and "outcome" in rejected[1].reason
+
+
+def test_a_newer_record_version_stops_the_page() -> None:
+    newer = {**RECORD.model_dump(), "version": 2}
+    with pytest.raises(UnknownRecordVersion):
+        JournalPage.parse({"records": [newer], "next_after": 3, "has_more": False})
+
+
+def test_a_malformed_page_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        JournalPage.parse({"records": {}, "next_after": 3, "has_more": False})
+    with pytest.raises(ValidationError):
+        JournalPage.parse({"records": [], "has_more": False})

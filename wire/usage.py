@@ -1,0 +1,101 @@
+"""The usage journal's record and page: written by the node, read by billing.
+
+A node appends one `JournalRecord` per request that reached its engine and serves them in
+`JournalPage`s on `GET /internal/usage?after=&limit=`. `version` names the record's shape so a
+reader can refuse a shape it does not know instead of mis-billing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+JOURNAL_RECORD_VERSION = 1
+
+Outcome = Literal["stop", "length", "aborted", "error"]
+
+
+class UnknownRecordVersion(ValueError):
+    """A page holds a record of a version this reader does not know (newer node): stop, do not skip."""
+
+
+class JournalRecord(BaseModel):
+    """One request's usage, as the node journals it and the control plane bills it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: int = JOURNAL_RECORD_VERSION
+    seq: int = Field(default=0, ge=0)  # given by the journal when written; 0 before
+    request_id: str = Field(min_length=1)
+    tenant: int = Field(ge=0)  # the tenant's id
+    key: int | None = None  # the API key's id
+    model: str = Field(min_length=1)
+    model_version: str = ""
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    outcome: Outcome
+    queue_ms: float = Field(ge=0)
+    ttft_ms: float | None = Field(default=None, ge=0)
+    duration_ms: float = Field(ge=0)
+    started_at: str  # ISO 8601, UTC
+    finished_at: str
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _no_key(cls, value: Any) -> Any:
+        # Journals written before the key became an id store "" for "no key".
+        return None if value == "" else value
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _no_version(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    """A record in a page that does not have the journal record's shape; `request_id` as sent."""
+
+    request_id: object
+    reason: str
+
+
+class JournalPage(BaseModel):
+    """Records with seq > after, oldest first; `next_after` is the cursor for the next page."""
+
+    records: list[JournalRecord]
+    next_after: int = Field(ge=0)
+    has_more: bool
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> tuple[JournalPage, list[RejectedRecord]]:
+        """Reads a page record by record: a malformed record is returned as rejected, never fatal.
+
+        Raises ValueError when the page itself is malformed and UnknownRecordVersion when a record
+        is of a newer version (the caller keeps its cursor and tries again once upgraded).
+        """
+        raw_records = data.get("records", [])
+        if not isinstance(raw_records, list):
+            raise ValueError("records must be a list")
+        records: list[JournalRecord] = []
+        rejected: list[RejectedRecord] = []
+        for raw in raw_records:
+            if not isinstance(raw, Mapping):
+                rejected.append(RejectedRecord(request_id=None, reason="a record must be an object"))
+                continue
+            version = raw.get("version", JOURNAL_RECORD_VERSION)
+            if version != JOURNAL_RECORD_VERSION:
+                raise UnknownRecordVersion(f"journal record version {version!r} is not {JOURNAL_RECORD_VERSION}")
+            try:
+                records.append(JournalRecord.model_validate(raw))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                rejected.append(RejectedRecord(request_id=raw.get("request_id"), reason=f"{where}: {first['msg']}"))
+        page = cls.model_validate(
+            {"records": records, "next_after": data.get("next_after"), "has_more": data.get("has_more", False)}
+        )
+        return page, rejected
