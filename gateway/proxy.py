@@ -24,9 +24,9 @@ from config.observability import request_id_from
 from gateway.conf import conf
 from gateway.metrics import QUOTA_REJECTIONS
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
-from gateway.quota import Decision, backend, scopes_for
+from gateway.quota import Decision, backend, subjects_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
-from tenants.services import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
+from tenants.keyauth import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
 from tenants.types import KeyContext
 from wire.client import InferenceClient
 from wire.context import SignedContext
@@ -210,7 +210,7 @@ async def _error_with_headers(exc: APIError, ctx: KeyContext | None) -> HttpResp
     """An error answer; once the key is known it carries the x-ratelimit-* headers too."""
     if ctx is not None and not exc.headers:
         try:
-            exc.headers = (await backend().peek(scopes_for(ctx))).headers()
+            exc.headers = (await backend().peek(subjects_for(ctx))).headers()
         except Exception:  # the error matters more than the headers
             logger.warning("gateway: quota peek failed", exc_info=True)
     return exc.response()
@@ -233,7 +233,7 @@ async def handle_models(request: HttpRequest, model: str | None = None) -> HttpR
             payload: dict[str, Any] = _model_object(route)
         else:
             payload = {"object": "list", "data": [_model_object(snap.models[n]) for n in models_allowed(snap, ctx)]}
-        decision = await backend().peek(scopes_for(ctx))
+        decision = await backend().peek(subjects_for(ctx))
     except APIError as exc:
         return await _error_with_headers(exc, ctx)
     body = orjson.dumps(payload)
@@ -266,7 +266,7 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
             route = snap.models.get(parsed.model, route)
         reserve = parsed.prompt_estimate() + limits_check(parsed, ctx)
         try:
-            decision = await backend().admit(scopes_for(ctx), tokens=reserve)
+            decision = await backend().admit(subjects_for(ctx), tokens=reserve)
         except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
             logger.exception("gateway: quota admission failed")
             raise APIError(

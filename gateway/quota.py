@@ -64,7 +64,6 @@ def subjects_for(ctx: KeyContext) -> tuple[QuotaSubject, QuotaSubject]:
     )
 
 
-scopes_for = subjects_for  # the old name, still imported by gateway.proxy
 
 
 # The cached month as [start, end) in epoch seconds and its label. Cached by its bounds, not for a
