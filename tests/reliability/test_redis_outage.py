@@ -71,6 +71,7 @@ def test_redis_sigkill_under_load_answers_200_or_503_and_recovers_without_a_rest
         assert reply.status in (200, 503), (reply.status, reply.body[:500])
         if reply.status == 503:
             assert_openai_error(reply, 503, "service_unavailable")
+            assert reply.headers.get("retry-after") == "1", reply.headers
     refused = [r for _, r in sent if r.status == 503]
     assert refused, "no request was refused while Redis was down: the outage was not noticed"
     served = [r for _, r in sent if r.status == 200]
