@@ -64,8 +64,6 @@ def subjects_for(ctx: KeyContext) -> tuple[QuotaSubject, QuotaSubject]:
     )
 
 
-
-
 # The cached month as [start, end) in epoch seconds and its label. Cached by its bounds, not for a
 # stretch of time: a request in the first second of a month must not count against the last one.
 _period: tuple[float, float, str] = (0.0, 0.0, "")

@@ -29,11 +29,11 @@ import orjson
 
 from gateway import services as gw
 from gateway.models import ModelVersion, NodeState
-from inference.client import usage_pull
 from tests import factories
 from tests.e2e import support as e2e_support
 from tests.e2e.support import REPO_ROOT, free_port
 from tests.support.inference_node import InferenceNode
+from wire.client import usage_pull
 
 ACTOR = factories.SYSTEM
 REGISTRY_REFRESH_S = 0.2
