@@ -97,8 +97,20 @@ def key_create(
     if not tenant.is_active:
         raise Conflict(f"The tenant is {tenant.status}.", code="tenant_not_active")
     granter = grantable_scopes if grantable_scopes is not None else grantable_scopes_for(created_by, tenant)
+    if kind == KeyKind.INFERENCE and grantable_scopes is not None and "keys:write" in grantable_scopes:
+        # An admin key that manages keys mints inference keys with what its creator may give them
+        # (admin keys never hold `inference` themselves, so their own scopes would make a key
+        # that cannot call /v1).
+        granter = granter | (INFERENCE_KEY_SCOPES & grantable_scopes_for(created_by, tenant))
     if scopes is None:
         wanted = INFERENCE_KEY_SCOPES & granter if kind == KeyKind.INFERENCE else frozenset(granter - {"inference"})
+        if kind == KeyKind.INFERENCE and "inference" not in wanted:
+            raise PermissionRefused(
+                "The key could not call /v1: its creator cannot grant the 'inference' scope. "
+                "Ask an owner, admin or developer to create it, or pass scopes explicitly.",
+                param="scopes",
+                code="scope_missing",
+            )
     else:
         wanted = frozenset(scopes)
     unknown = sorted(wanted - set(ALL_SCOPES))
@@ -170,7 +182,10 @@ def key_update(
         key.name = name.strip()
     if allowed_models is not UNSET:
         key.allowed_models = validate_models(allowed_models)
-    if expires_at is not UNSET:
+    if expires_at is not UNSET and expires_at != key.expires_at:
+        # Expiry is final: an expired key stays expired, whatever its new date would be.
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            raise Conflict("This key has expired; expiry is final. Create a new key.", code="key_expired")
         if expires_at is not None and expires_at <= timezone.now():
             raise ValidationFailed("expires_at must be in the future.", param="expires_at")
         key.expires_at = expires_at

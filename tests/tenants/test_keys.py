@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 import redis
+import time_machine
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from core.errors import PermissionRefused, ValidationFailed
+from core.errors import Conflict, PermissionRefused, ValidationFailed
 from tenants import keycache, services
 from tenants.keycache import KeyCache
-from tenants.models import APIKey, KeyKind, Membership
+from tenants.models import APIKey, AuditEvent, KeyKind, Membership
 from tenants.permissions import Role
 from tenants.selectors import token_digest
 from tests import factories
@@ -402,3 +403,62 @@ def test_key_check_says_why(monkeypatch: pytest.MonkeyPatch, django_assert_num_q
         assert services.key_check(live_raw) == (None, "tenant_suspended")
     services.tenant_close(tenant=tenant, actor=factories.SYSTEM)
     assert services.key_check(live_raw) == (None, "tenant_closed")
+
+
+def test_expiry_is_final_through_the_api_and_the_service() -> None:
+    tenant, users = factories.tenant_with_members("final")
+    owner = users[Role.OWNER]
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as clock:
+        key, raw = factories.inference_key(tenant, owner, expires_at=start + timedelta(hours=1))
+        client = factories.session_client(owner)
+        # Before it expires, the expiry can move or go.
+        later = (start + timedelta(hours=2)).isoformat()
+        moved = client.patch(f"/api/v1/tenants/final/keys/{key.pk}/", {"expires_at": later}, format="json")
+        assert moved.status_code == 200, moved.content
+        clock.move_to(start + timedelta(hours=3))
+        services.key_cache().clear()
+        assert services.key_authenticate(raw) is None
+        events = AuditEvent.objects.filter(tenant=tenant, action="key.update").count()
+        for change in ({"expires_at": None}, {"expires_at": (start + timedelta(days=30)).isoformat()}):
+            refused = client.patch(f"/api/v1/tenants/final/keys/{key.pk}/", change, format="json")
+            assert refused.status_code == 409, refused.content
+            assert refused.json()["error"]["code"] == "key_expired"
+        with pytest.raises(Conflict):
+            services.key_update(key=key, actor=factories.SYSTEM, expires_at=None)
+        key.refresh_from_db()
+        assert key.expires_at == start + timedelta(hours=2)
+        assert AuditEvent.objects.filter(tenant=tenant, action="key.update").count() == events
+        services.key_cache().clear()
+        assert services.key_authenticate(raw) is None
+        # Renaming an expired key (no change of expiry) is still allowed: it is bookkeeping.
+        renamed = client.patch(f"/api/v1/tenants/final/keys/{key.pk}/", {"name": "old ci key"}, format="json")
+        assert renamed.status_code == 200, renamed.content
+
+
+def test_an_admin_key_creates_inference_keys_that_can_call_v1() -> None:
+    tenant, users = factories.tenant_with_members("mint")
+    _, admin_raw = factories.admin_key(tenant, users[Role.ADMIN])
+    client = factories.key_client(admin_raw)
+    created = client.post("/api/v1/tenants/mint/keys/", {"name": "ci", "kind": "inference"}, format="json")
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert set(body["scopes"]) == {"inference", "models:read"}
+    context = services.key_authenticate(body["secret"])
+    assert context is not None and context.has_scope("inference")
+
+
+def test_an_admin_key_of_a_creator_without_inference_says_what_is_missing() -> None:
+    tenant, users = factories.tenant_with_members("nomint")
+    admin = users[Role.ADMIN]
+    _, admin_raw = factories.admin_key(tenant, admin)
+    # The creator is now a viewer: the key cannot mint inference keys any more.
+    services.membership_role_change(
+        membership=Membership.objects.get(tenant=tenant, user=admin), role=Role.VIEWER, actor=factories.SYSTEM
+    )
+    services.key_cache().clear()
+    before = APIKey.objects.filter(tenant=tenant).count()
+    client = factories.key_client(admin_raw)
+    refused = client.post("/api/v1/tenants/nomint/keys/", {"name": "ci", "kind": "inference"}, format="json")
+    assert refused.status_code == 403, refused.content
+    assert APIKey.objects.filter(tenant=tenant).count() == before
