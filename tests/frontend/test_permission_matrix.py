@@ -17,7 +17,7 @@ from django.db import transaction
 from django.urls import URLPattern, reverse
 
 from frontend import urls as frontend_urls
-from tenants.models import Membership
+from tenants.models import Membership, Tenant, TenantStatus
 from tenants.permissions import Role, role_has_scope
 from tests.frontend.conftest import World, client_for
 
@@ -134,24 +134,38 @@ def test_every_page_is_guarded_and_covered() -> None:
     assert set(CALLS) == {name for name, _, _ in GUARDED}
 
 
-def expected(who: str, scope: str | None, staff_only: bool, call: Call) -> tuple[int, ...]:
+STATUSES = [TenantStatus.ACTIVE, TenantStatus.SUSPENDED]
+# Staff pass the door on a suspended tenant, but these services refuse to hand out new
+# credentials there: a new key, an invitation (the form again, 409), a rotated key (back to the list).
+SERVICES_REFUSE_WHILE_SUSPENDED = {"key_create": 409, "key_rotate": 302, "invitation_create": 409}
+
+
+def expected(name: str, who: str, scope: str | None, staff_only: bool, call: Call, status: str) -> tuple[int, ...]:
     if who == "anonymous":
         return (302,)
     if who == "staff":
+        if status != TenantStatus.ACTIVE and name in SERVICES_REFUSE_WHILE_SUSPENDED:
+            return (SERVICES_REFUSE_WHILE_SUSPENDED[name],)
         return call.ok
     if staff_only:
         return (403,)
     if who == "outsider":
         return (404,)
     assert scope is not None
+    if status != TenantStatus.ACTIVE and (scope.endswith(":write") or call.method == "post"):
+        return (403,)  # a suspended tenant is read-only, for every role
     return call.ok if role_has_scope(who, scope) else (403,)
 
 
+@pytest.mark.parametrize("status", STATUSES)
 @pytest.mark.parametrize(("name", "scope", "staff_only"), GUARDED, ids=[g[0] for g in GUARDED])
 def test_page_answers_each_role_as_the_permission_table_says(
-    world: World, name: str, scope: str | None, staff_only: bool
+    world: World, name: str, scope: str | None, staff_only: bool, status: str
 ) -> None:
     call = CALLS[name]
+    if status != TenantStatus.ACTIVE:
+        Tenant.objects.filter(pk=world.acme.pk).update(status=status)
+        world.acme.refresh_from_db()
     for who in WHO:
         url = reverse(f"frontend:{name}", kwargs=call.kwargs(world, who))
         client = client_for(world.user(who))
@@ -160,7 +174,7 @@ def test_page_answers_each_role_as_the_permission_table_says(
         with transaction.atomic():
             response = getattr(client, call.method)(url, call.data(world))
             transaction.set_rollback(True)
-        want = expected(who, scope, staff_only, call)
-        assert response.status_code in want, f"{name} as {who}: {response.status_code}, expected {want}"
+        want = expected(name, who, scope, staff_only, call, status)
+        assert response.status_code in want, f"{name} as {who} ({status}): {response.status_code}, expected {want}"
         if who == "anonymous":
             assert response["Location"].startswith("/login/?next=")
