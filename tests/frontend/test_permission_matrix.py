@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.test import RequestFactory
 from django.urls import URLPattern, reverse
+from rest_framework.response import Response
+from rest_framework.test import APIRequestFactory, force_authenticate
 
 from frontend import urls as frontend_urls
+from frontend.access import tenant_page
+from tenants.api.base import TenantScopedAPIView
 from tenants.models import Membership, Tenant, TenantStatus
-from tenants.permissions import Role, role_has_scope
+from tenants.permissions import ALL_SCOPES, Role, role_has_scope
 from tests.frontend.conftest import World, client_for
 
 PUBLIC_PAGES = {
@@ -178,3 +185,58 @@ def test_page_answers_each_role_as_the_permission_table_says(
         assert response.status_code in want, f"{name} as {who} ({status}): {response.status_code}, expected {want}"
         if who == "anonymous":
             assert response["Location"].startswith("/login/?next=")
+
+
+def _api_decision(request: Any, slug: str, scope: str) -> int:
+    """The status the management API's base view answers with for `scope`."""
+
+    class Probe(TenantScopedAPIView):
+        required_scopes = {"GET": scope, "POST": scope}
+
+        def get(self, request: Any, slug: str) -> Response:
+            return Response({})
+
+        post = get
+
+    response = Probe.as_view()(request, slug=slug)
+    return 200 if response.status_code < 300 else int(response.status_code)
+
+
+def _dashboard_decision(request: HttpRequest, slug: str, scope: str) -> int:
+    """The status the dashboard's `tenant_page` answers with for `scope`."""
+    page = tenant_page(scope, section="probe")(lambda request, ctx: HttpResponse("ok"))
+    try:
+        page(request, slug)
+    except Http404:
+        return 404
+    except PermissionDenied:
+        return 403
+    return 200
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_the_api_and_the_dashboard_doors_agree(world: World, status: str) -> None:
+    """For every role, scope and tenant status, both doors answer allowed, 403 or 404 alike."""
+    Tenant.objects.filter(pk=world.acme.pk).update(status=status)
+    api_factory, dashboard_factory = APIRequestFactory(), RequestFactory()
+    for who in ["outsider", "staff", *(r.value for r in Role)]:
+        user = world.user(who)
+        assert user is not None
+        for scope in ALL_SCOPES:
+            # The API asks with the method that uses the scope; the dashboard's write pages are POSTs.
+            method = "post" if scope.endswith(":write") else "get"
+            api_request = getattr(api_factory, method)("/probe/", format="json")
+            force_authenticate(api_request, user=user)
+            dashboard_request = getattr(dashboard_factory, method)("/probe/")
+            dashboard_request.user = user
+            api = _api_decision(api_request, world.acme.slug, scope)
+            dashboard = _dashboard_decision(dashboard_request, world.acme.slug, scope)
+            assert api == dashboard, (who, scope, status, api, dashboard)
+            if who == "outsider":
+                assert api == 404
+            elif who == "staff":
+                assert api == 200
+            elif status == TenantStatus.SUSPENDED and scope.endswith(":write"):
+                assert api == 403
+            else:
+                assert api == (200 if role_has_scope(who, scope) else 403), (who, scope, status)
