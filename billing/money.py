@@ -1,10 +1,12 @@
-"""Money and period arithmetic: pure functions, no database."""
+"""Money and period arithmetic: pure functions, no database; the default currency (a setting)."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
 
 from core.errors import ValidationFailed
 
@@ -13,6 +15,15 @@ ONE_MILLION = Decimal(1_000_000)
 _MINOR_UNITS: dict[str, int] = {"JPY": 0, "KRW": 0, "CLP": 0, "VND": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3}
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def default_currency() -> str:
+    """The currency of a tenant without a plan (and of usage priced without one)."""
+    return str(settings.BILLING_DEFAULT_CURRENCY)
+
+
+def currency_or_default(currency: str | None) -> str:
+    return currency or default_currency()
 
 
 def currency_exponent(currency: str) -> int:

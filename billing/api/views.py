@@ -96,8 +96,9 @@ class InvoiceListApi(TenantScopedAPIView):
     required_scopes = {"GET": "billing:read"}
 
     class InvoiceListFilterSerializer(serializers.Serializer[Any]):
-        status = serializers.ChoiceField(choices=[s.value for s in InvoiceStatus if s != InvoiceStatus.DRAFT],
-                                         required=False)  # fmt: skip
+        status = serializers.ChoiceField(
+            choices=[s.value for s in InvoiceStatus if s != InvoiceStatus.DRAFT], required=False
+        )
 
     @extend_schema(
         operation_id="invoices_list",

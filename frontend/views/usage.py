@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -12,6 +11,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils import timezone
 
+from billing.exports import csv_stream
 from frontend.access import tenant_page
 from frontend.forms import UsageFilterForm
 from frontend.selectors import UsageRow, plan_currency, tenant_model_names, usage_report
@@ -22,18 +22,14 @@ from tenants.selectors import key_list
 CSV_COLUMNS = ("bucket_start", "model", "key", "requests", "input_tokens", "output_tokens", "cost", "currency")
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
 def _csv_lines(rows: list[UsageRow], currency: str) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        yield writer.writerow(
+    return csv_stream(
+        CSV_COLUMNS,
+        (
             [r.start.isoformat(), r.model, r.key_label, r.requests, r.input_tokens, r.output_tokens, r.cost, currency]
-        )
+            for r in rows
+        ),
+    )
 
 
 @tenant_page("usage:read", section="usage")

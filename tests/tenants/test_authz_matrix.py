@@ -370,10 +370,12 @@ def test_other_tenants_objects_look_missing(world: World) -> None:
     ]
     for method, template, foreign_id in cases:
         body = {"role": "viewer"} if "members" in template and method == "PATCH" else {}
-        foreign = client.generic(method, template.format(foreign_id), data=json.dumps(body),
-                                 content_type="application/json")  # fmt: skip
-        missing = client.generic(method, template.format(999_999_999), data=json.dumps(body),
-                                 content_type="application/json")  # fmt: skip
+        foreign = client.generic(
+            method, template.format(foreign_id), data=json.dumps(body), content_type="application/json"
+        )
+        missing = client.generic(
+            method, template.format(999_999_999), data=json.dumps(body), content_type="application/json"
+        )
         assert foreign.status_code == missing.status_code == 404, (method, template)
         assert foreign.json() == missing.json()
     # And nothing of the other tenant changed.
