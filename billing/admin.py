@@ -30,14 +30,14 @@ from billing.models import (
 )
 from billing.services.invoices import credit_note_create, invoice_mark_paid, invoice_void
 from billing.services.plans import price_set, subscription_create
-from core.audit import Actor
+from core.audit import Actor, actor_for
 from core.errors import ServiceError
 from tenants.admin import ReadOnlyAdmin
 
 
 def _actor(request: HttpRequest) -> Actor:
     user = request.user
-    return Actor(user_id=user.pk, label=getattr(user, "email", "staff"), ip=request.META.get("REMOTE_ADDR"))
+    return actor_for(request, user_id=user.pk, label=getattr(user, "email", "staff"))
 
 
 class PriceInline(admin.TabularInline):  # type: ignore[type-arg]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from xml.sax.saxutils import escape
 
@@ -98,7 +98,7 @@ class _Echo:
         return value
 
 
-def csv_stream(header: Iterable[str], rows: Iterable[list[str]]) -> Iterator[str]:
+def csv_stream(header: Iterable[str], rows: Iterable[Sequence[object]]) -> Iterator[str]:
     """CSV text one row at a time, so exports of any size use constant memory."""
     writer = csv.writer(_Echo())
     yield writer.writerow(list(header))

@@ -1,4 +1,4 @@
-"""Money and period arithmetic: pure functions, no database."""
+"""Money and period arithmetic: pure functions, no database; the default currency (a setting)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from functools import cache
 
 from babel.core import get_global
 from babel.numbers import get_currency_precision, get_territory_currencies
+from django.conf import settings
 
 from core.errors import ValidationFailed
 
@@ -25,6 +26,15 @@ def tender_currencies() -> frozenset[str]:
     """
     territories = get_global("territory_currencies")
     return frozenset(code for t in territories for code in get_territory_currencies(t, tender=True))
+
+
+def default_currency() -> str:
+    """The currency of a tenant without a plan (and of usage priced without one)."""
+    return str(settings.BILLING_DEFAULT_CURRENCY)
+
+
+def currency_or_default(currency: str | None) -> str:
+    return currency or default_currency()
 
 
 def validate_currency(currency: str) -> str:

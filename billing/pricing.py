@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
-
 from billing.models import Price, Subscription
+from billing.money import default_currency
 
 ZERO = Decimal(0)
 
@@ -52,7 +51,7 @@ class PriceBook:
             key = (plan_id, model_name)
             self._dates[key].append(effective_from)
             self._prices[key].append(AppliedPrice(price_id, input_per_1m, output_per_1m, currencies[plan_id]))
-        self._default_currency: str = settings.BILLING_DEFAULT_CURRENCY
+        self._default_currency: str = default_currency()
 
     def plan_at(self, tenant_id: int, moment: datetime) -> tuple[int, str] | None:
         for starts, ends, plan_id, currency in reversed(self._subs.get(tenant_id, ())):

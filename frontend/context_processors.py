@@ -8,7 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.urls import reverse
 
-from frontend.access import TenantContext
+from tenants.access import TenantAccess
 from tenants.models import Tenant, User
 from tenants.selectors import tenant_list_for_user
 
@@ -48,10 +48,10 @@ def nav(request: HttpRequest) -> dict[str, Any]:
     assert isinstance(user, User)
     # Staff see every tenant; a long list would swamp the menu, so they get the platform page too.
     result.tenants = list(tenant_list_for_user(user)[:50])
-    ctx: TenantContext | None = getattr(request, "tenant_ctx", None)
+    ctx: TenantAccess | None = getattr(request, "tenant_ctx", None)
     if ctx is not None:
         result.tenant = ctx.tenant
-        result.role = ctx.role
+        result.role = ctx.role_label
         result.items = [
             NavItem(key, label, reverse(name, args=[ctx.tenant.slug]))
             for key, label, name, scope in SECTIONS

@@ -116,16 +116,6 @@ class InvitationAcceptForm(forms.Form):
         return data
 
 
-AUDIT_ACTIONS = [
-    ("", "Any action"),
-    ("tenant", "Tenant"),
-    ("membership", "Members"),
-    ("invitation", "Invitations"),
-    ("key", "API keys"),
-    ("limits", "Limits"),
-]
-
-
 class AuditFilterForm(forms.Form):
     action = forms.CharField(label="Action", required=False, max_length=64, help_text="e.g. key or key.revoke")
     actor = forms.CharField(label="Actor (email or key)", required=False, max_length=254)
@@ -163,9 +153,13 @@ class LimitsForm(forms.Form):
     max_concurrent_requests = _limit("Concurrent requests")
     monthly_token_budget = _limit("Monthly token budget")
     monthly_spend_cap = forms.DecimalField(
-        label="Monthly spend cap", required=False, min_value=0, max_digits=14, decimal_places=6,
+        label="Monthly spend cap",
+        required=False,
+        min_value=0,
+        max_digits=14,
+        decimal_places=6,
         help_text="Empty: no cap.",
-    )  # fmt: skip
+    )
     scheduling_weight = forms.IntegerField(
         label="Scheduling weight", min_value=1, help_text="Share of inference capacity under contention."
     )

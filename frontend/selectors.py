@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from billing.money import month_start
+from billing.money import currency_or_default, month_start
 from billing.selectors import PlanPrices, plan_list, tenant_plan_get, usage_buckets, usage_summary_month
 from billing.services.spend import month_to_date
 from gateway.models import InferenceNode, NodeState
@@ -73,7 +73,7 @@ def inference_status() -> dict[str, Any]:
 
 def plan_currency(tenant: Tenant) -> str:
     plan = tenant_plan_get(tenant).plan
-    return plan.currency if plan is not None else "USD"
+    return currency_or_default(plan.currency if plan is not None else None)
 
 
 def plan_list_active() -> list[PlanPrices]:

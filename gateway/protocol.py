@@ -14,6 +14,7 @@ import orjson
 from django.http import HttpResponse
 
 from gateway.conf import conf
+from wire.errors import error_payload
 
 
 class APIError(Exception):
@@ -43,8 +44,8 @@ class APIError(Exception):
         )
 
 
-def error_body(message: str, *, type: str, param: str | None, code: str | None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+def error_body(message: str, *, status: int, type: str, param: str | None, code: str | None) -> bytes:
+    return orjson.dumps(error_payload(message, status_code=status, error_type=type, param=param, code=code))
 
 
 def error_response(
@@ -56,7 +57,7 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> HttpResponse:
-    body = error_body(message, type=type, param=param, code=code)
+    body = error_body(message, status=status, type=type, param=param, code=code)
     response = HttpResponse(body, status=status, content_type="application/json")
     response["content-length"] = str(len(body))
     for name, value in (headers or {}).items():

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from core.audit import Actor
+from core.audit import Actor, actor_for
 from core.errors import ServiceError
 from tenants import services
 from tenants.audit import audit_record
@@ -24,12 +24,7 @@ from tenants.selectors import LIMIT_FIELDS, TENANT_ONLY_LIMIT_FIELDS
 
 def _actor(request: HttpRequest) -> Actor:
     user = request.user
-    return Actor(
-        user_id=user.pk,
-        label=getattr(user, "email", "staff"),
-        ip=request.META.get("REMOTE_ADDR"),
-        request_id=str(getattr(request, "request_id", "")),
-    )
+    return actor_for(request, user_id=user.pk, label=getattr(user, "email", "staff"))
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

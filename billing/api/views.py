@@ -29,9 +29,10 @@ from billing.money import format_minor
 from billing.services.invoices import invoice_mark_paid
 from billing.services.rollups import day_floor, hour_floor
 from billing.services.stripe_sync import stripe_webhook_handle
+from core.api.errors import error_response
+from core.api.views import StaffAPIView
 from core.errors import ValidationFailed
-from tenants.api.base import StaffAPIView, TenantScopedAPIView
-from tenants.api.errors import error_response
+from tenants.api.base import TenantScopedAPIView
 
 logger = logging.getLogger(__name__)
 MAX_BUCKETS = {Bucket.HOUR.value: 24 * 31, Bucket.DAY.value: 366}
@@ -95,8 +96,9 @@ class InvoiceListApi(TenantScopedAPIView):
     required_scopes = {"GET": "billing:read"}
 
     class InvoiceListFilterSerializer(serializers.Serializer[Any]):
-        status = serializers.ChoiceField(choices=[s.value for s in InvoiceStatus if s != InvoiceStatus.DRAFT],
-                                         required=False)  # fmt: skip
+        status = serializers.ChoiceField(
+            choices=[s.value for s in InvoiceStatus if s != InvoiceStatus.DRAFT], required=False
+        )
 
     @extend_schema(
         operation_id="invoices_list",

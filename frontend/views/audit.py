@@ -8,16 +8,17 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from frontend.access import TenantContext, tenant_page
+from frontend.access import tenant_page
 from frontend.forms import AuditFilterForm
 from frontend.views.common import is_htmx
+from tenants.access import TenantAccess
 from tenants.selectors import audit_event_list
 
 PAGE_SIZE = 25
 
 
 @tenant_page("audit:read", section="audit")
-def audit_list_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
+def audit_list_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     events = None
     if form.is_bound and not form.is_valid():

@@ -13,11 +13,12 @@ from billing.selectors import (
     invoice_list,
     tenant_plan_get,
 )
-from frontend.access import TenantContext, tenant_page
+from frontend.access import tenant_page
+from tenants.access import TenantAccess
 
 
 @tenant_page("billing:read", section="billing")
-def billing_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
+def billing_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
     return render(
         request,
         "frontend/billing/invoices.html",
@@ -26,7 +27,7 @@ def billing_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
 
 
 @tenant_page("billing:read", section="billing")
-def invoice_detail_view(request: HttpRequest, ctx: TenantContext, invoice_id: int) -> HttpResponse:
+def invoice_detail_view(request: HttpRequest, ctx: TenantAccess, invoice_id: int) -> HttpResponse:
     invoice = invoice_get_in_tenant(invoice_id, ctx.tenant)
     return render(
         request,
@@ -36,7 +37,7 @@ def invoice_detail_view(request: HttpRequest, ctx: TenantContext, invoice_id: in
 
 
 @tenant_page("billing:read", section="billing")
-def invoice_pdf_view(request: HttpRequest, ctx: TenantContext, invoice_id: int) -> HttpResponse:
+def invoice_pdf_view(request: HttpRequest, ctx: TenantAccess, invoice_id: int) -> HttpResponse:
     invoice = invoice_get_in_tenant(invoice_id, ctx.tenant)
     response = HttpResponse(invoice_pdf(invoice, invoice_lines(invoice)), content_type="application/pdf")
     response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
@@ -44,7 +45,7 @@ def invoice_pdf_view(request: HttpRequest, ctx: TenantContext, invoice_id: int) 
 
 
 @tenant_page("billing:read", section="billing")
-def invoices_csv_view(request: HttpRequest, ctx: TenantContext) -> StreamingHttpResponse:
+def invoices_csv_view(request: HttpRequest, ctx: TenantAccess) -> StreamingHttpResponse:
     rows = (invoice_row(invoice) for invoice in invoice_list(tenant=ctx.tenant).iterator(chunk_size=500))
     response = StreamingHttpResponse(csv_stream(INVOICE_COLUMNS, rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="invoices-{ctx.tenant.slug}.csv"'
@@ -52,7 +53,7 @@ def invoices_csv_view(request: HttpRequest, ctx: TenantContext) -> StreamingHttp
 
 
 @tenant_page("billing:read", section="billing")
-def invoice_lines_csv_view(request: HttpRequest, ctx: TenantContext) -> StreamingHttpResponse:
+def invoice_lines_csv_view(request: HttpRequest, ctx: TenantAccess) -> StreamingHttpResponse:
     rows = (line_row(line) for line in invoice_lines_for_export(tenant=ctx.tenant))
     response = StreamingHttpResponse(csv_stream(LINE_COLUMNS, rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="invoice-lines-{ctx.tenant.slug}.csv"'

@@ -7,15 +7,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from core.errors import ServiceError
-from frontend.access import TenantContext
-from tenants.permissions import Role
-
-
-def acting_role(ctx: TenantContext) -> Role | None:
-    """The role services check against; None for staff, who are bound only by the invariants."""
-    if ctx.is_staff or ctx.membership is None:
-        return None
-    return Role(ctx.membership.role)
 
 
 def service_error_to_form(form: forms.Form, exc: ServiceError) -> None:

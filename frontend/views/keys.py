@@ -10,32 +10,33 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from core.errors import ServiceError
-from frontend.access import TenantContext, actor_from_request, tenant_page
+from frontend.access import actor_from_request, page_user, tenant_page
 from frontend.forms import KeyCreateForm, KeyRotateForm
 from frontend.selectors import tenant_model_names
-from frontend.views.common import acting_role, render_invalid, service_error_to_form
+from frontend.views.common import render_invalid, service_error_to_form
 from tenants import services
+from tenants.access import TenantAccess
 from tenants.models import APIKey
 from tenants.selectors import key_get_in_tenant, key_list
 
 
-def _owner_filter(ctx: TenantContext) -> int | None:
+def _owner_filter(ctx: TenantAccess) -> int | None:
     """Roles that do not manage every key are limited to keys they created."""
-    return None if ctx.manages_all_keys else ctx.user.pk
+    return None if ctx.manages_all_keys else ctx.acting_user_id
 
 
-def _key_get(ctx: TenantContext, key_id: int) -> APIKey:
+def _key_get(ctx: TenantAccess, key_id: int) -> APIKey:
     return key_get_in_tenant(key_id, ctx.tenant, created_by_id=_owner_filter(ctx))
 
 
-def _show_secret(request: HttpRequest, ctx: TenantContext, key: APIKey, raw: str, *, rotated: bool) -> HttpResponse:
+def _show_secret(request: HttpRequest, ctx: TenantAccess, key: APIKey, raw: str, *, rotated: bool) -> HttpResponse:
     """The only page that ever shows a secret; never cached, never shown again."""
     response = render(request, "frontend/keys/secret.html", {"ctx": ctx, "key": key, "secret": raw, "rotated": rotated})
     response["Cache-Control"] = "no-store"
     return response
 
 
-def _create_form(ctx: TenantContext, data: object = None) -> KeyCreateForm:
+def _create_form(ctx: TenantAccess, data: object = None) -> KeyCreateForm:
     return KeyCreateForm(
         data,  # type: ignore[arg-type]
         scopes=sorted(ctx.scopes),
@@ -44,7 +45,7 @@ def _create_form(ctx: TenantContext, data: object = None) -> KeyCreateForm:
 
 
 @tenant_page("keys:read", section="keys")
-def key_list_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
+def key_list_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
     keys = key_list(tenant=ctx.tenant, created_by_id=_owner_filter(ctx))
     return render(
         request,
@@ -54,7 +55,7 @@ def key_list_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
 
 
 @tenant_page("keys:write", section="keys")
-def key_create_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
+def key_create_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
     template = "frontend/keys/create.html"
     if request.method != "POST":
         return render(request, template, {"ctx": ctx, "form": _create_form(ctx)})
@@ -66,7 +67,7 @@ def key_create_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
     try:
         key, raw = services.key_create(
             tenant=ctx.tenant,
-            created_by=ctx.user,
+            created_by=page_user(ctx),
             name=data["name"],
             kind=data["kind"],
             scopes=data["scopes"] or None,
@@ -82,11 +83,11 @@ def key_create_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
 
 @require_POST
 @tenant_page("keys:write", section="keys")
-def key_revoke_view(request: HttpRequest, ctx: TenantContext, key_id: int) -> HttpResponse:
+def key_revoke_view(request: HttpRequest, ctx: TenantAccess, key_id: int) -> HttpResponse:
     key = _key_get(ctx, key_id)
     try:
         services.key_revoke(
-            key=key, actor=actor_from_request(request), acting_role=acting_role(ctx), acting_user_id=ctx.user.pk
+            key=key, actor=actor_from_request(request), acting_role=ctx.role, acting_user_id=ctx.acting_user_id
         )
     except ServiceError as exc:
         messages.error(request, exc.message)
@@ -97,7 +98,7 @@ def key_revoke_view(request: HttpRequest, ctx: TenantContext, key_id: int) -> Ht
 
 @require_POST
 @tenant_page("keys:write", section="keys")
-def key_rotate_view(request: HttpRequest, ctx: TenantContext, key_id: int) -> HttpResponse:
+def key_rotate_view(request: HttpRequest, ctx: TenantAccess, key_id: int) -> HttpResponse:
     key = _key_get(ctx, key_id)
     form = KeyRotateForm(request.POST)
     if not form.is_valid():
@@ -108,8 +109,8 @@ def key_rotate_view(request: HttpRequest, ctx: TenantContext, key_id: int) -> Ht
             key=key,
             actor=actor_from_request(request),
             grace=timedelta(seconds=form.cleaned_data["grace_seconds"]),
-            acting_role=acting_role(ctx),
-            acting_user_id=ctx.user.pk,
+            acting_role=ctx.role,
+            acting_user_id=ctx.acting_user_id,
         )
     except ServiceError as exc:
         messages.error(request, exc.message)

@@ -8,15 +8,16 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from core.errors import ServiceError
-from frontend.access import TenantContext, actor_from_request, staff_page, tenant_page
+from frontend.access import actor_from_request, staff_page, tenant_page
 from frontend.selectors import node_rows
 from gateway import services as gateway_services
 from gateway.models import ModelVersionStatus
 from gateway.selectors import model_get, model_list, model_list_for_tenant
+from tenants.access import TenantAccess
 
 
 @tenant_page("models:read", section="models")
-def model_list_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
+def model_list_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
     models = model_list_for_tenant(tenant=ctx.tenant)
     return render(
         request,

@@ -8,12 +8,14 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
+from core.audit import client_ip, request_id_of
 from core.errors import ServiceError
-from frontend.access import TenantContext, signed_in_page, tenant_page
+from frontend.access import signed_in_page, tenant_page
 from frontend.forms import InvitationAcceptForm
 from frontend.selectors import inference_status, overview_data
 from frontend.views.common import render_invalid, service_error_to_form
 from tenants import services
+from tenants.access import TenantAccess
 from tenants.models import User
 from tenants.selectors import invitation_get_by_token, tenant_list_for_user
 
@@ -31,13 +33,13 @@ def home_view(request: HttpRequest) -> HttpResponse:
 
 
 @tenant_page("tenant:read", section="overview")
-def overview_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
-    data = overview_data(ctx.tenant, own_keys_of=None if ctx.manages_all_keys else ctx.user.pk)
+def overview_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
+    data = overview_data(ctx.tenant, own_keys_of=None if ctx.manages_all_keys else ctx.acting_user_id)
     return render(request, "frontend/overview/overview.html", {"ctx": ctx, **data})
 
 
 @tenant_page("tenant:read", section="overview")
-def overview_status_view(request: HttpRequest, ctx: TenantContext) -> HttpResponse:
+def overview_status_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponse:
     """The inference status card, polled by the overview page."""
     return render(request, "frontend/overview/_status.html", {"ctx": ctx, "status": inference_status()})
 
@@ -60,8 +62,8 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
             password=form.cleaned_data.get("password1") or None,
             full_name=form.cleaned_data.get("full_name", ""),
             user=user,
-            ip=request.META.get("REMOTE_ADDR"),
-            request_id=getattr(request, "request_id", ""),
+            ip=client_ip(request),
+            request_id=request_id_of(request),
         )
     except ServiceError as exc:
         if exc.param == "password":

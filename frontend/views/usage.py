@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -12,33 +11,31 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils import timezone
 
-from frontend.access import TenantContext, tenant_page
+from billing.exports import csv_stream
+from frontend.access import tenant_page
 from frontend.forms import UsageFilterForm
 from frontend.selectors import UsageRow, plan_currency, tenant_model_names, usage_report
 from frontend.views.common import is_htmx
+from tenants.access import TenantAccess
 from tenants.selectors import key_list
 
 CSV_COLUMNS = ("bucket_start", "model", "key", "requests", "input_tokens", "output_tokens", "cost", "currency")
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
 def _csv_lines(rows: list[UsageRow], currency: str) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        yield writer.writerow(
+    return csv_stream(
+        CSV_COLUMNS,
+        (
             [r.start.isoformat(), r.model, r.key_label, r.requests, r.input_tokens, r.output_tokens, r.cost, currency]
-        )
+            for r in rows
+        ),
+    )
 
 
 @tenant_page("usage:read", section="usage")
-def usage_view(request: HttpRequest, ctx: TenantContext) -> HttpResponseBase:
+def usage_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponseBase:
     # Developers may filter by (and see the names of) only the keys they created.
-    keys = key_list(tenant=ctx.tenant, created_by_id=None if ctx.manages_all_keys else ctx.user.pk)
+    keys = key_list(tenant=ctx.tenant, created_by_id=None if ctx.manages_all_keys else ctx.acting_user_id)
     key_labels = {k.pk: f"{k.name} ({k.masked})" for k in keys}
     today = timezone.now().date()
     params = request.GET.copy()

@@ -10,10 +10,11 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api.serializers import StrictCharField, StrictIntegerField, StrictSerializer
+from core.api.views import StaffAPIView
 from gateway import selectors, services
 from gateway.models import GrantSource, InferenceNode, Model, ModelVersionStatus, NodeState
-from tenants.api.base import StaffAPIView, TenantScopedAPIView
-from tenants.api.serializers import StrictCharField, StrictIntegerField, StrictSerializer
+from tenants.api.base import TenantScopedAPIView
 from tenants.selectors import tenant_get_by_slug
 
 

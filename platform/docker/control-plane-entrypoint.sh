@@ -21,8 +21,11 @@ fi
 
 case "$role" in
     web)
+        # X-Forwarded-For is client-controlled: uvicorn takes the client address from it only when
+        # the hop that sent it is one of the proxies the audit log trusts too (MMORCH_TRUSTED_PROXIES).
         exec uvicorn config.asgi:application --host 0.0.0.0 --port 8000 \
-            --http httptools --loop uvloop --proxy-headers --forwarded-allow-ips '*' \
+            --http httptools --loop uvloop \
+            --proxy-headers --forwarded-allow-ips "${MMORCH_TRUSTED_PROXIES:-127.0.0.1}" \
             --timeout-graceful-shutdown 30 "$@"
         ;;
     worker)

@@ -27,6 +27,8 @@ FROM deps AS app
 WORKDIR /app
 COPY manage.py ./
 COPY config/ config/
+COPY core/ core/
+COPY wire/ wire/
 COPY tenants/ tenants/
 COPY gateway/ gateway/
 COPY billing/ billing/

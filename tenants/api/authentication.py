@@ -36,6 +36,15 @@ class KeyPrincipal:
     def pk(self) -> None:
         return None
 
+    # What `core.api.views.KeyPrincipalLike` reads to build the audit actor.
+    @property
+    def key_id(self) -> int:
+        return self.context.key_id
+
+    @property
+    def actor_label(self) -> str:
+        return self.context.label or f"key {self.context.key_id}"
+
     def __str__(self) -> str:
         return f"key {self.context.key_id}"
 

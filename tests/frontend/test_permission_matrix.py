@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.test import RequestFactory
 from django.urls import URLPattern, reverse
+from rest_framework.response import Response
+from rest_framework.test import APIRequestFactory, force_authenticate
 
 from frontend import urls as frontend_urls
-from tenants.models import Membership
-from tenants.permissions import Role, role_has_scope
+from frontend.access import tenant_page
+from tenants.api.base import TenantScopedAPIView
+from tenants.models import Membership, Tenant, TenantStatus
+from tenants.permissions import ALL_SCOPES, Role, role_has_scope
 from tests.frontend.conftest import World, client_for
 
 PUBLIC_PAGES = {
@@ -134,24 +141,38 @@ def test_every_page_is_guarded_and_covered() -> None:
     assert set(CALLS) == {name for name, _, _ in GUARDED}
 
 
-def expected(who: str, scope: str | None, staff_only: bool, call: Call) -> tuple[int, ...]:
+STATUSES = [TenantStatus.ACTIVE, TenantStatus.SUSPENDED]
+# Staff pass the door on a suspended tenant, but these services refuse to hand out new
+# credentials there: a new key, an invitation (the form again, 409), a rotated key (back to the list).
+SERVICES_REFUSE_WHILE_SUSPENDED = {"key_create": 409, "key_rotate": 302, "invitation_create": 409}
+
+
+def expected(name: str, who: str, scope: str | None, staff_only: bool, call: Call, status: str) -> tuple[int, ...]:
     if who == "anonymous":
         return (302,)
     if who == "staff":
+        if status != TenantStatus.ACTIVE and name in SERVICES_REFUSE_WHILE_SUSPENDED:
+            return (SERVICES_REFUSE_WHILE_SUSPENDED[name],)
         return call.ok
     if staff_only:
         return (403,)
     if who == "outsider":
         return (404,)
     assert scope is not None
+    if status != TenantStatus.ACTIVE and (scope.endswith(":write") or call.method == "post"):
+        return (403,)  # a suspended tenant is read-only, for every role
     return call.ok if role_has_scope(who, scope) else (403,)
 
 
+@pytest.mark.parametrize("status", STATUSES)
 @pytest.mark.parametrize(("name", "scope", "staff_only"), GUARDED, ids=[g[0] for g in GUARDED])
 def test_page_answers_each_role_as_the_permission_table_says(
-    world: World, name: str, scope: str | None, staff_only: bool
+    world: World, name: str, scope: str | None, staff_only: bool, status: str
 ) -> None:
     call = CALLS[name]
+    if status != TenantStatus.ACTIVE:
+        Tenant.objects.filter(pk=world.acme.pk).update(status=status)
+        world.acme.refresh_from_db()
     for who in WHO:
         url = reverse(f"frontend:{name}", kwargs=call.kwargs(world, who))
         client = client_for(world.user(who))
@@ -160,7 +181,62 @@ def test_page_answers_each_role_as_the_permission_table_says(
         with transaction.atomic():
             response = getattr(client, call.method)(url, call.data(world))
             transaction.set_rollback(True)
-        want = expected(who, scope, staff_only, call)
-        assert response.status_code in want, f"{name} as {who}: {response.status_code}, expected {want}"
+        want = expected(name, who, scope, staff_only, call, status)
+        assert response.status_code in want, f"{name} as {who} ({status}): {response.status_code}, expected {want}"
         if who == "anonymous":
             assert response["Location"].startswith("/login/?next=")
+
+
+def _api_decision(request: Any, slug: str, scope: str) -> int:
+    """The status the management API's base view answers with for `scope`."""
+
+    class Probe(TenantScopedAPIView):
+        required_scopes = {"GET": scope, "POST": scope}
+
+        def get(self, request: Any, slug: str) -> Response:
+            return Response({})
+
+        post = get
+
+    response = Probe.as_view()(request, slug=slug)
+    return 200 if response.status_code < 300 else int(response.status_code)
+
+
+def _dashboard_decision(request: HttpRequest, slug: str, scope: str) -> int:
+    """The status the dashboard's `tenant_page` answers with for `scope`."""
+    page = tenant_page(scope, section="probe")(lambda request, ctx: HttpResponse("ok"))
+    try:
+        page(request, slug)
+    except Http404:
+        return 404
+    except PermissionDenied:
+        return 403
+    return 200
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_the_api_and_the_dashboard_doors_agree(world: World, status: str) -> None:
+    """For every role, scope and tenant status, both doors answer allowed, 403 or 404 alike."""
+    Tenant.objects.filter(pk=world.acme.pk).update(status=status)
+    api_factory, dashboard_factory = APIRequestFactory(), RequestFactory()
+    for who in ["outsider", "staff", *(r.value for r in Role)]:
+        user = world.user(who)
+        assert user is not None
+        for scope in ALL_SCOPES:
+            # The API asks with the method that uses the scope; the dashboard's write pages are POSTs.
+            method = "post" if scope.endswith(":write") else "get"
+            api_request = getattr(api_factory, method)("/probe/", format="json")
+            force_authenticate(api_request, user=user)
+            dashboard_request = getattr(dashboard_factory, method)("/probe/")
+            dashboard_request.user = user
+            api = _api_decision(api_request, world.acme.slug, scope)
+            dashboard = _dashboard_decision(dashboard_request, world.acme.slug, scope)
+            assert api == dashboard, (who, scope, status, api, dashboard)
+            if who == "outsider":
+                assert api == 404
+            elif who == "staff":
+                assert api == 200
+            elif status == TenantStatus.SUSPENDED and scope.endswith(":write"):
+                assert api == 403
+            else:
+                assert api == (200 if role_has_scope(who, scope) else 403), (who, scope, status)

@@ -25,7 +25,7 @@ from tests.platform.helpers import DOCKER_DIR, ROOT
 
 IMAGES = ("control-plane", "inference-cpu", "inference-gpu")
 PACKAGING_TOOLS = {"pip", "setuptools", "wheel"}
-FIRST_PARTY = {"config", "tenants", "gateway", "billing", "frontend", "inference", "wire", "manage"}
+FIRST_PARTY = {"config", "core", "wire", "tenants", "gateway", "billing", "frontend", "inference", "manage"}
 
 
 @dataclass
@@ -217,7 +217,7 @@ def test_entrypoint_script_is_valid_and_handles_every_role() -> None:
     assert "--http httptools --loop uvloop" in text
 
 
-def _run_entrypoint(tmp_path: Path, *args: str) -> tuple[str, Path]:
+def _run_entrypoint(tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None) -> tuple[str, Path]:
     """Run the script with stand-ins for uvicorn, celery and python that print how they were called."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -228,7 +228,7 @@ def _run_entrypoint(tmp_path: Path, *args: str) -> tuple[str, Path]:
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir(exist_ok=True)
     (metrics_dir / "counter_123.db").write_text("stale")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env_extra or {})}
     result = subprocess.run(
         ["sh", str(DOCKER_DIR / "control-plane-entrypoint.sh"), *args],
         env=env,
@@ -246,6 +246,20 @@ def test_entrypoint_web_starts_uvicorn_on_an_empty_metrics_directory(tmp_path: P
     assert f"multiproc={metrics_dir}" in output
     assert metrics_dir.is_dir()
     assert list(metrics_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("trusted", "allowed"),
+    [(None, "127.0.0.1"), ("", "127.0.0.1"), ("10.0.0.0/8,192.168.1.7", "10.0.0.0/8,192.168.1.7")],
+)
+def test_entrypoint_web_trusts_forwarded_headers_only_from_the_trusted_proxies(
+    tmp_path: Path, trusted: str | None, allowed: str
+) -> None:
+    """uvicorn rewrites the client address from X-Forwarded-For only for MMORCH_TRUSTED_PROXIES."""
+    env_extra = None if trusted is None else {"MMORCH_TRUSTED_PROXIES": trusted}
+    output, _ = _run_entrypoint(tmp_path, "web", env_extra=env_extra)
+    assert f"--proxy-headers --forwarded-allow-ips {allowed} " in output
+    assert "*" not in output
 
 
 @pytest.mark.parametrize(
@@ -370,7 +384,7 @@ def _distributions_of(modules: set[str]) -> dict[str, set[str]]:
 
 IMAGE_CODE = {
     "control-plane": lambda: (
-        _module_files(("config", "tenants", "gateway", "billing", "frontend", "manage.py"))
+        _module_files(("config", "core", "wire", "tenants", "gateway", "billing", "frontend", "manage.py"))
         + _inference_modules_used_by_control_plane()
     ),
     "inference": lambda: _module_files(("inference",)),

@@ -32,9 +32,13 @@ def _grow(tenant: Tenant, users: dict[Role, Any], n: int) -> None:
         factories.member(tenant, Role.VIEWER)
         factories.inference_key(tenant, users[Role.DEVELOPER], name=f"k{i}")
         services.invitation_create(
-            tenant=tenant, email=f"{factories.unique('inv')}@example.com", role="viewer", actor=factories.SYSTEM,
-            invited_by=users[Role.OWNER], send=False,
-        )  # fmt: skip
+            tenant=tenant,
+            email=f"{factories.unique('inv')}@example.com",
+            role="viewer",
+            actor=factories.SYSTEM,
+            invited_by=users[Role.OWNER],
+            send=False,
+        )
 
 
 LIST_URLS = ["members/", "invitations/", "keys/", "audit-events/", "limits/", ""]

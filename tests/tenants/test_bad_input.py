@@ -12,8 +12,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from rest_framework.test import APIClient
 
+from core.api.parsers import LimitedJSONParser
 from tenants import services
-from tenants.api.parsers import LimitedJSONParser
 from tenants.models import Membership, Tenant, User
 from tenants.permissions import Role
 from tests import factories

@@ -7,9 +7,9 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api.serializers import MAX_BIGINT, StrictSerializer, page_serializer
 from tenants import selectors
 from tenants.api.base import TenantScopedAPIView
-from tenants.api.serializers import MAX_BIGINT, StrictSerializer, page_serializer
 
 
 class AuditEventOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]

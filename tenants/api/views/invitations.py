@@ -7,9 +7,11 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api.serializers import StrictCharField, StrictSerializer, page_serializer
+from core.api.views import PublicAPIView
+from core.audit import client_ip, request_id_of
 from tenants import selectors, services
-from tenants.api.base import PublicAPIView, TenantScopedAPIView, client_ip, request_id
-from tenants.api.serializers import StrictCharField, StrictSerializer, page_serializer
+from tenants.api.base import TenantScopedAPIView
 from tenants.models import InvitationStatus, User
 from tenants.permissions import Role
 
@@ -109,6 +111,6 @@ class InvitationAcceptApi(PublicAPIView):
             full_name=data.validated_data.get("full_name", ""),
             user=signed_in,
             ip=client_ip(request),
-            request_id=request_id(request),
+            request_id=request_id_of(request),
         )
         return Response(self.InvitationAcceptOutputSerializer(membership).data, status=status.HTTP_201_CREATED)

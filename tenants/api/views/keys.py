@@ -11,9 +11,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tenants import selectors, services
-from tenants.api.base import TenantScopedAPIView
-from tenants.api.serializers import (
+from core.api.serializers import (
     MAX_BIGINT,
     MoneyField,
     StrictCharField,
@@ -21,6 +19,8 @@ from tenants.api.serializers import (
     StrictSerializer,
     page_serializer,
 )
+from tenants import selectors, services
+from tenants.api.base import TenantScopedAPIView
 from tenants.models import APIKey, KeyKind, User
 from tenants.permissions import ALL_SCOPES
 from tenants.selectors import LIMIT_FIELDS

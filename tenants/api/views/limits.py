@@ -9,9 +9,9 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api.serializers import MAX_BIGINT, MoneyField, StrictIntegerField, StrictSerializer
 from tenants import selectors, services
 from tenants.api.base import TenantScopedAPIView
-from tenants.api.serializers import MAX_BIGINT, MoneyField, StrictIntegerField, StrictSerializer
 
 
 class LimitsOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]

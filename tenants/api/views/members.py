@@ -7,9 +7,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api.serializers import StrictSerializer, page_serializer
 from tenants import selectors, services
 from tenants.api.base import TenantScopedAPIView
-from tenants.api.serializers import StrictSerializer, page_serializer
 from tenants.permissions import Role
 
 

@@ -11,11 +11,12 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api.serializers import StrictCharField, StrictSerializer, page_serializer
+from core.api.views import StaffAPIView
 from core.audit import Actor
 from tenants import selectors, services
 from tenants.api.authentication import KeyPrincipal
-from tenants.api.base import StaffAPIView, TenantScopedAPIView
-from tenants.api.serializers import StrictCharField, StrictSerializer, page_serializer
+from tenants.api.base import TenantScopedAPIView
 from tenants.models import Membership, Tenant, User
 
 

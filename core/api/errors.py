@@ -1,4 +1,5 @@
-"""The one error format: {"error": {"message", "type", "param", "code"}}.
+"""The one error format: {"error": {"message", "type", "param", "code"}}, built by
+`wire.errors.error_payload` (the envelope `/v1` and the inference node speak too).
 
 `exception_handler` is DRF's EXCEPTION_HANDLER for every API view; `error_response` builds the
 same body anywhere else (plain Django views, middleware).
@@ -17,33 +18,13 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from core.errors import ServiceError
-
-# HTTP status → error type, for errors that do not name their own.
-_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    406: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
+from wire.errors import error_payload
 
 
 def error_body(
     message: str, *, status_code: int, param: str | None = None, code: str | None = None, error_type: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": error_type or _TYPES.get(status_code, "api_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+    return error_payload(message, status_code=status_code, error_type=error_type, param=param, code=code)
 
 
 def error_response(

@@ -61,13 +61,6 @@ class StrictIntegerField(serializers.IntegerField):
         return int(super().to_internal_value(data))
 
 
-class StrictBooleanField(serializers.BooleanField):
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid")
-        return bool(data)
-
-
 class MoneyField(serializers.DecimalField):
     """A decimal amount as a JSON string ("12.50") or number; output as a string."""
 
