@@ -7,7 +7,7 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing.metrics import BillingRunsCollector, IngestLagCollector
-        from config.observability import scrape_collector_register
+        from core.observability import scrape_collector_register
 
         scrape_collector_register(IngestLagCollector())
         scrape_collector_register(BillingRunsCollector())

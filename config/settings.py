@@ -13,7 +13,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.redis_url import SCHEMES, RedisUrlError, celery_broker, parse_redis_url
+from core.redis_url import SCHEMES, RedisUrlError, celery_broker, parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -56,8 +56,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.observability.RequestIdMiddleware",
-    "config.observability.MetricsMiddleware",
+    "core.observability.RequestIdMiddleware",
+    "core.observability.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -100,7 +100,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
     }
 
-# REDIS_URL: redis://, rediss:// (TLS), redis+sentinel://, redis+cluster:// (config/redis_url.py has
+# REDIS_URL: redis://, rediss:// (TLS), redis+sentinel://, redis+cluster:// (core/redis_url.py has
 # the forms). Checked here, so a URL nothing can use stops the start instead of failing each request.
 REDIS_URL: str = env.str("REDIS_URL", default="")
 # Django's cache: REDIS_URL unless a Cluster (RedisCache cannot spread over slots).
@@ -117,7 +117,7 @@ for _name, _url in (("REDIS_URL", REDIS_URL), ("CACHE_REDIS_URL", CACHE_REDIS_UR
                 "set CACHE_REDIS_URL to a standalone (redis://, rediss://) or Sentinel (redis+sentinel://) Redis"
             )
         # Sentinel: a pool that asks the sentinels for the master (redis-py's SentinelConnectionPool).
-        _options = {"pool_class": "config.redis_url.SentinelPool"} if _target.mode == "sentinel" else {}
+        _options = {"pool_class": "core.redis_url.SentinelPool"} if _target.mode == "sentinel" else {}
         CACHES = {
             "default": {
                 "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -287,7 +287,7 @@ GATEWAY_DEFAULT_RESERVE_TOKENS: int = env.int("GATEWAY_DEFAULT_RESERVE_TOKENS", 
 GATEWAY_UPSTREAM_POOL_SIZE: int = env.int("GATEWAY_UPSTREAM_POOL_SIZE", default=256)
 GATEWAY_MARK_KEYS_USED: bool = env.bool("GATEWAY_MARK_KEYS_USED", default=True)
 # The /v1 lane of gateway.asgi: only async-capable middleware, no per-request thread hops.
-GATEWAY_MIDDLEWARE: list[str] = ["config.observability.RequestIdMiddleware", "config.observability.MetricsMiddleware"]
+GATEWAY_MIDDLEWARE: list[str] = ["core.observability.RequestIdMiddleware", "core.observability.MetricsMiddleware"]
 GATEWAY_LEAN_PATH_PREFIXES: list[str] = env.list("GATEWAY_LEAN_PATH_PREFIXES", default=["/v1/"])
 # Node health: Celery beat probes every node's /ready this often (one failed probe: down).
 GATEWAY_NODE_PROBE_INTERVAL_S: float = env.float("GATEWAY_NODE_PROBE_INTERVAL_S", default=5.0)

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config import observability
+from core import observability
 
 urlpatterns = [
     path("healthz", observability.healthz, name="healthz"),

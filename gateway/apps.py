@@ -14,6 +14,6 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from config.observability import readiness_check_register
+        from core.observability import readiness_check_register
 
         readiness_check_register("inference_nodes", _ready_node_check)

@@ -1,4 +1,4 @@
-"""The gateway's own Prometheus metrics (HTTP counts and latencies come from config.observability)."""
+"""The gateway's own Prometheus metrics (HTTP counts and latencies come from core.observability)."""
 
 from prometheus_client import Counter
 

@@ -20,7 +20,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from config.observability import request_id_from
+from core.observability import request_id_from
 from gateway.conf import conf
 from gateway.metrics import QUOTA_REJECTIONS
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body

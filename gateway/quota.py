@@ -201,7 +201,7 @@ class RedisQuota:
 
     def _sync_client(self) -> Any:
         if self._sync is None:
-            from config.redis_url import redis_client
+            from core.redis_url import redis_client
 
             self._sync = redis_client(self._url, timeout=2)
         return self._sync

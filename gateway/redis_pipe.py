@@ -6,7 +6,7 @@ and matches the replies in order (Redis answers in order). That saves a system c
 wake-up of Redis per request, which on a small machine costs more than the script itself, and
 it skips redis-py's per-argument encoding. Measured in bench/gateway_overhead.
 
-Every REDIS_URL form of config.redis_url works: TLS (an ssl.SSLContext from the URL's ssl_*
+Every REDIS_URL form of core.redis_url works: TLS (an ssl.SSLContext from the URL's ssl_*
 options), Sentinel (the master asked of the sentinels at every connect, so a reconnect follows a
 failover) and Cluster (`ClusterScriptPipe`: one pipelined connection per node, each call sent to
 the node owning its keys' slot, the slot map from CLUSTER SLOTS, refreshed on MOVED/ASK).
@@ -26,7 +26,7 @@ from typing import Any
 
 import hiredis
 
-from config.redis_url import RedisTarget, parse_redis_url
+from core.redis_url import RedisTarget, parse_redis_url
 
 SLOTS = 16384
 MAX_REDIRECTS = 5

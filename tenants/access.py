@@ -16,15 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.http import Http404
-
 from core.errors import NotFound, PermissionRefused
 from tenants import selectors
 from tenants.models import Membership, Tenant, TenantStatus, User
 from tenants.permissions import KEY_MANAGER_ROLES, STAFF_SCOPES, Role, scopes_for_role
+from tenants.selectors import NO_SUCH_TENANT
 from tenants.types import KeyContext
-
-NO_SUCH_TENANT = "No such tenant."
 
 
 def is_write_scope(scope: str) -> bool:
@@ -92,20 +89,13 @@ def _creator_standing(tenant: Tenant, user_id: int | None) -> tuple[Role | None,
     return Role(membership.role), scopes_for_role(membership.role)
 
 
-def _tenant_get(slug: str) -> Tenant:
-    try:
-        return selectors.tenant_get_by_slug(slug)
-    except Http404 as exc:
-        raise NotFound(NO_SUCH_TENANT) from exc
-
-
 def tenant_access(request: Any, slug: str, scope: str | None) -> TenantAccess:
     """The caller of `request` (a Django or DRF request) in tenant `slug`, allowed `scope`.
 
     `scope=None` resolves the standing without checking a scope (the API then answers a method
     the view lacks with 405). Raises `NotFound` or `PermissionRefused`, see the module docstring.
     """
-    tenant = _tenant_get(slug)
+    tenant = selectors.tenant_get_by_slug(slug)  # NotFound(NO_SUCH_TENANT) when missing
     principal = getattr(request, "user", None)
     key = getattr(request, "auth", None)
     active = tenant.status == TenantStatus.ACTIVE

@@ -57,7 +57,7 @@ class KeyCache:
     # --- version ------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._redis is None:
-            from config.redis_url import redis_client
+            from core.redis_url import redis_client
 
             self._redis = redis_client(self._redis_url, timeout=0.5)  # standalone, Sentinel or Cluster
         return self._redis

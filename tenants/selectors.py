@@ -26,6 +26,8 @@ from tenants.models import (
 )
 from tenants.types import EffectiveLimits
 
+NO_SUCH_TENANT = "No such tenant."
+
 LIMIT_FIELDS: tuple[str, ...] = (
     "requests_per_minute",
     "tokens_per_minute",
@@ -45,7 +47,7 @@ TENANT_ONLY_LIMIT_FIELDS: tuple[str, ...] = (
 def tenant_get_by_slug(slug: str) -> Tenant:
     tenant = Tenant.objects.filter(slug=slug).first()
     if tenant is None:
-        raise NotFound("No such tenant.")
+        raise NotFound(NO_SUCH_TENANT)
     return tenant
 
 

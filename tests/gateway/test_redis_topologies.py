@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from config.redis_url import RedisUrlError, celery_broker, parse_redis_url
+from core.redis_url import RedisUrlError, celery_broker, parse_redis_url
 from gateway import quota
 from gateway.quota import QuotaSubject
 from gateway.redis_pipe import ClusterScriptPipe, key_slot
@@ -222,7 +222,7 @@ def test_settings_derive_the_cache_and_broker_from_one_url() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     broker, options, caches = result.stdout.strip().splitlines()
     assert broker == "sentinel://127.0.0.1:26379/4" and "'master_name': 'mymaster'" in options
-    assert "config.redis_url.SentinelPool" in caches
+    assert "core.redis_url.SentinelPool" in caches
     cluster = settings_load(
         REDIS_URL="redis+cluster://n1:7000/",
         CACHE_REDIS_URL="redis://127.0.0.1:6379/4",
@@ -386,7 +386,7 @@ async def test_quota_key_cache_and_django_cache_through_sentinel(sentinel_setup:
     before = cache.current_version()
     cache.bump()
     assert cache.current_version() == before + 1
-    django_cache = RedisCache(url, {"OPTIONS": {"pool_class": "config.redis_url.SentinelPool"}})
+    django_cache = RedisCache(url, {"OPTIONS": {"pool_class": "core.redis_url.SentinelPool"}})
     django_cache.set("topology-check", "sentinel")
     assert django_cache.get("topology-check") == "sentinel"
     assert redis.Redis(port=sentinel_setup["master"]).get(":1:topology-check") is not None  # on the master
@@ -536,7 +536,7 @@ async def test_cluster_pipe_follows_moved(cluster: dict[str, Any]) -> None:
 def test_key_cache_and_readiness_on_a_cluster(cluster: dict[str, Any]) -> None:
     from django.test import override_settings
 
-    from config.observability import _check_redis
+    from core.observability import _check_redis
 
     cache = KeyCache(cluster["url"], check_interval=0)
     before = cache.current_version()

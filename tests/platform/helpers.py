@@ -26,7 +26,7 @@ K8S = ROOT / "k8s"
 OVERLAYS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
 SECRET_TEMPLATE = K8S / "base" / "secret.example.yaml"
 
-CONTROL_PLANE_PACKAGES = ("config", "tenants", "gateway", "billing", "frontend")
+CONTROL_PLANE_PACKAGES = ("config", "core", "wire", "tenants", "gateway", "billing", "frontend")
 CONTROL_PLANE_SERVICES = ("migrate", "web", "worker", "beat")
 INFERENCE_SERVICES = ("inference",)
 

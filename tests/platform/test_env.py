@@ -44,7 +44,7 @@ DUMMY_SECRETS = {
 def test_the_scanners_find_what_the_code_reads() -> None:
     control = control_plane_env_vars()
     assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "INFERENCE_SHARED_SECRET", "MMORCH_ENV"} <= control
-    assert "PROMETHEUS_MULTIPROC_DIR" in control, "config/observability.py reads it through os.environ"
+    assert "PROMETHEUS_MULTIPROC_DIR" in control, "core/observability.py reads it through os.environ"
     inference = inference_env_vars()
     assert {
         "INFERENCE_SHARED_SECRET",

@@ -135,7 +135,7 @@ def _check_database() -> tuple[bool, str]:
 def _check_redis() -> tuple[bool, str]:
     if not settings.REDIS_URL:
         return True, "not configured"
-    from config.redis_url import redis_client
+    from core.redis_url import redis_client
 
     client = redis_client(settings.REDIS_URL, timeout=1)  # standalone, Sentinel or Cluster
     try:
