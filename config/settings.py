@@ -224,6 +224,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Tenants, members, API keys, limits, audit, usage and invoices.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Error responses, page parameters and strict request bodies, declared once for every operation.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.api.schema.error_responses_hook",
+    ],
 }
 
 # --- Celery ----------------------------------------------------------------------------------

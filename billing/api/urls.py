@@ -20,7 +20,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
         name="invoice-mark-paid",
     ),
     path("tenants/<slug:slug>/usage", views.UsageApi.as_view(), name="usage"),
-    path("tenants/<slug:slug>/usage/", views.UsageApi.as_view(), name="usage-slash"),
+    path("tenants/<slug:slug>/usage/", views.UsageAliasApi.as_view(), name="usage-slash"),
     path("billing/invoices.csv", views.PlatformInvoiceCsvApi.as_view(), name="platform-invoice-csv"),
     path("billing/invoice-lines.csv", views.PlatformInvoiceLineCsvApi.as_view(), name="platform-invoice-lines-csv"),
     path("billing/stripe/webhook/", views.stripe_webhook, name="stripe-webhook"),

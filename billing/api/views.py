@@ -30,6 +30,7 @@ from billing.services.invoices import invoice_mark_paid
 from billing.services.rollups import day_floor, hour_floor
 from billing.services.stripe_sync import stripe_webhook_handle
 from core.api.errors import error_response
+from core.api.serializers import page_serializer
 from core.api.views import StaffAPIView
 from core.errors import ValidationFailed
 from tenants.api.base import TenantScopedAPIView
@@ -103,7 +104,7 @@ class InvoiceListApi(TenantScopedAPIView):
     @extend_schema(
         operation_id="invoices_list",
         parameters=[InvoiceListFilterSerializer],
-        responses=InvoiceOutputSerializer(many=True),
+        responses=page_serializer("InvoicePage", InvoiceOutputSerializer),
     )
     def get(self, request: Request, slug: str) -> Response:
         filters = self.InvoiceListFilterSerializer(data=request.query_params)
@@ -273,9 +274,39 @@ def _key_ids_param(params: QueryDict) -> list[int] | None:
     return list(dict.fromkeys(int(v) for v in values))
 
 
+# Unix seconds, or an ISO-8601 date (days 1-28: valid in every month) with an optional UTC time.
+TIME_PATTERN = (
+    r"^([0-9]{1,11}|[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?Z?)?)$"
+)
 KNOWN_USAGE_PARAMS = frozenset(
     {"start", "end", "start_time", "end_time", "bucket", "bucket_width", "group_by", "models", "key_ids", "api_key_ids"}
 )
+
+
+USAGE_PARAMETERS = [
+    OpenApiParameter(
+        "start",
+        str,
+        required=True,
+        pattern=TIME_PATTERN,
+        description="unix seconds or ISO-8601 (UTC); with `end`, at most 366 days or 744 hours",
+    ),
+    OpenApiParameter("end", str, pattern=TIME_PATTERN, description="unix seconds or ISO-8601; default now"),
+    OpenApiParameter("bucket", str, enum=["hour", "day"], description="bucket width; default day"),
+    OpenApiParameter("group_by", str, pattern=r"^(model|key)(,(model|key))?$", description="model, key, or both"),
+    OpenApiParameter(
+        "models",
+        {"type": "string", "pattern": r"^[^,\s\x00]+(,[^,\s\x00]+)*$", "maxLength": MODEL_NAME_MAX},
+        description="only these model names, comma-separated or repeated",
+    ),
+    OpenApiParameter(
+        "key_ids",
+        str,
+        pattern=r"^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17}){0,99}$",
+        description="only these API key ids, comma-separated or repeated (alias api_key_ids)",
+    ),
+]
 
 
 class UsageApi(TenantScopedAPIView):
@@ -283,20 +314,7 @@ class UsageApi(TenantScopedAPIView):
 
     required_scopes = {"GET": "usage:read"}
 
-    @extend_schema(
-        operation_id="usage_list",
-        parameters=[
-            OpenApiParameter("start", str, required=True, description="unix seconds or ISO-8601 (UTC)"),
-            OpenApiParameter("end", str, description="unix seconds or ISO-8601 (UTC); default now"),
-            OpenApiParameter("bucket", str, enum=["hour", "day"], description="bucket width; default day"),
-            OpenApiParameter("group_by", str, description="model, key, or both comma-separated"),
-            OpenApiParameter("models", str, description="only these model names, comma-separated or repeated"),
-            OpenApiParameter(
-                "key_ids", str, description="only these API key ids, comma-separated or repeated (alias api_key_ids)"
-            ),
-        ],
-        responses=OpenApiTypes.OBJECT,
-    )
+    @extend_schema(operation_id="usage_list", parameters=USAGE_PARAMETERS, responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, slug: str) -> Response:
         params = request.query_params
         unknown = sorted(set(params) - KNOWN_USAGE_PARAMS)
@@ -372,6 +390,14 @@ class UsageApi(TenantScopedAPIView):
             for b in buckets
         ]
         return Response({"object": "page", "data": data, "has_more": False, "next_page": None})
+
+
+class UsageAliasApi(UsageApi):
+    """`/usage/`: the same as `/usage`, for clients that add the slash; its own operationId."""
+
+    @extend_schema(operation_id="usage_list_slash", parameters=USAGE_PARAMETERS, responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request, slug: str) -> Response:
+        return super().get(request, slug)
 
 
 # --- Stripe webhook --------------------------------------------------------------------------

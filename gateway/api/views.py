@@ -10,7 +10,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from core.api.serializers import StrictCharField, StrictIntegerField, StrictSerializer
+from core.api.serializers import StrictCharField, StrictIntegerField, StrictSerializer, page_serializer
 from core.api.views import StaffAPIView
 from gateway import selectors, services
 from gateway.models import GrantSource, InferenceNode, Model, ModelVersionStatus, NodeState
@@ -69,7 +69,9 @@ class NodeOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
 class TenantModelListApi(TenantScopedAPIView):
     required_scopes = {"GET": "models:read"}
 
-    @extend_schema(operation_id="tenant_models_list", responses=TenantModelOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="tenant_models_list", responses=page_serializer("TenantModelPage", TenantModelOutputSerializer)
+    )
     def get(self, request: Request, slug: str) -> Response:
         models = selectors.model_list_for_tenant(tenant=self.tenant)
         return self.paginated(request, models, TenantModelOutputSerializer)
@@ -83,11 +85,11 @@ class ModelListCreateApi(StaffAPIView):
         description = StrictCharField(required=False, allow_blank=True, default="")
         owned_by = StrictCharField(required=False, max_length=100, default="mm-orch")
 
-    @extend_schema(operation_id="models_list", responses=ModelOutputSerializer(many=True))
+    @extend_schema(operation_id="models_list", responses=page_serializer("ModelPage", ModelOutputSerializer))
     def get(self, request: Request) -> Response:
         return self.paginated(request, selectors.model_list(), ModelOutputSerializer)
 
-    @extend_schema(operation_id="models_create", request=InputSerializer, responses=ModelOutputSerializer)
+    @extend_schema(operation_id="models_create", request=InputSerializer, responses={201: ModelOutputSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -128,7 +130,9 @@ class ModelVersionCreateApi(StaffAPIView):
         status = serializers.ChoiceField(choices=ModelVersionStatus.values, required=False, default="draft")
         traffic_weight = StrictIntegerField(required=False, min_value=0, max_value=1_000_000, default=100)
 
-    @extend_schema(operation_id="model_versions_create", request=InputSerializer, responses=VersionOutputSerializer)
+    @extend_schema(
+        operation_id="model_versions_create", request=InputSerializer, responses={201: VersionOutputSerializer}
+    )
     def post(self, request: Request, name: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -183,7 +187,7 @@ class ModelGrantCreateApi(StaffAPIView):
         source = serializers.CharField()  # type: ignore[assignment]
         created_at = serializers.DateTimeField()
 
-    @extend_schema(operation_id="model_grants_create", request=InputSerializer, responses=OutputSerializer)
+    @extend_schema(operation_id="model_grants_create", request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request, name: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -213,11 +217,11 @@ class NodeListCreateApi(StaffAPIView):
         versions = serializers.ListField(child=StrictCharField(max_length=170), required=False, default=list)
         state = serializers.ChoiceField(choices=NodeState.values, required=False, default="down")
 
-    @extend_schema(operation_id="nodes_list", responses=NodeOutputSerializer(many=True))
+    @extend_schema(operation_id="nodes_list", responses=page_serializer("NodePage", NodeOutputSerializer))
     def get(self, request: Request) -> Response:
         return self.paginated(request, selectors.node_list(), NodeOutputSerializer)
 
-    @extend_schema(operation_id="nodes_register", request=InputSerializer, responses=NodeOutputSerializer)
+    @extend_schema(operation_id="nodes_register", request=InputSerializer, responses={201: NodeOutputSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

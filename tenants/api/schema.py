@@ -6,6 +6,8 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
+import core.api.schema  # noqa: F401  (registers the StrictCharField schema extension)
+
 
 class AdminKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "tenants.api.authentication.AdminKeyAuthentication"

@@ -36,6 +36,16 @@ class MemberDetailApi(TenantScopedAPIView):
     class MemberRoleInputSerializer(StrictSerializer):
         role = serializers.ChoiceField(choices=[r.value for r in Role])
 
+        # A role change names the role although it is a PATCH: never partial, so the schema
+        # (which marks a PATCH body partial) keeps `role` required.
+        @property  # type: ignore[override]
+        def partial(self) -> bool:
+            return False
+
+        @partial.setter
+        def partial(self, value: bool) -> None:
+            pass
+
     @extend_schema(operation_id="members_retrieve", responses=MemberOutputSerializer)
     def get(self, request: Request, slug: str, member_id: int) -> Response:
         membership = selectors.membership_get_in_tenant(member_id, self.tenant)
