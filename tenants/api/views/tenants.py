@@ -4,9 +4,11 @@ reactivate, close)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from django.core.validators import RegexValidator
 from django.db.models import OuterRef, QuerySet, Subquery
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,7 +19,7 @@ from core.audit import Actor
 from tenants import selectors, services
 from tenants.api.authentication import KeyPrincipal
 from tenants.api.base import TenantScopedAPIView
-from tenants.models import Membership, Tenant, User
+from tenants.models import SLUG_VALIDATOR, Membership, Tenant, User
 
 
 class TenantOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -35,11 +37,24 @@ def _with_role(tenants: QuerySet[Tenant], user_id: int) -> QuerySet[Tenant]:
     return tenants.annotate(role=Subquery(role))
 
 
+SLUG_PATTERN = SLUG_VALIDATOR.regex if isinstance(SLUG_VALIDATOR.regex, str) else SLUG_VALIDATOR.regex.pattern
+
+
+@extend_schema_field({"type": "string", "pattern": SLUG_PATTERN, "maxLength": 50})
+class SlugInputField(StrictCharField):
+    """A strict string with the model's slug pattern, so the schema declares it and a bad slug is
+    refused here already."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators.append(RegexValidator(SLUG_VALIDATOR.regex, SLUG_VALIDATOR.message, code="invalid_slug"))
+
+
 class TenantListCreateApi(StaffAPIView):
     """GET: every signed-in user or admin key; POST: platform staff."""
 
     class TenantCreateInputSerializer(StrictSerializer):
-        slug = StrictCharField(max_length=50)
+        slug = SlugInputField(max_length=50)
         name = StrictCharField(max_length=200)
         billing_email = serializers.EmailField(required=False, allow_blank=True, default="")
         owner_email = serializers.EmailField(required=False, help_text="Invited as the first owner.")
