@@ -7,6 +7,7 @@ aggregates them.
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 import time
@@ -29,6 +30,8 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.registry import Collector
+
+from wire.errors import error_payload
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -167,7 +170,29 @@ def scrape_collector_register(collector: Collector) -> None:
     _scrape_registry.register(collector)
 
 
+def _metrics_refusal(request: HttpRequest) -> JsonResponse | None:
+    """None when the caller may read /metrics, else the answer: with a token, a Bearer header that
+    matches it (compared in constant time); without one, 404 in production, open in development."""
+    token: str = settings.MMORCH_METRICS_TOKEN
+    if not token:
+        if settings.IS_PRODUCTION:
+            return JsonResponse(error_payload("not found", status_code=404, code="not_found"), status=404)
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    refused = JsonResponse(
+        error_payload("a valid metrics bearer token is required", status_code=401, code="invalid_metrics_token"),
+        status=401,
+    )
+    refused["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return refused
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
+    refused = _metrics_refusal(request)
+    if refused is not None:
+        return refused
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -220,6 +221,24 @@ async def _read_body(request: Request, node: Node) -> bytes:
     return body
 
 
+def _metrics_authorize(request: Request, config: NodeConfig) -> None:
+    """With a token, /metrics needs it as a Bearer header (constant-time compare, else 401); without
+    one it answers 404, as an unknown path does, unless metrics_public opens it."""
+    if not config.metrics_token:
+        if not config.metrics_public:
+            raise StarletteHTTPException(404, "Not Found")
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.metrics_token.encode()):
+        raise APIError(
+            401,
+            "a valid metrics bearer token is required",
+            type="authentication_error",
+            code="invalid_metrics_token",
+            headers={"www-authenticate": 'Bearer realm="metrics"'},
+        )
+
+
 def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_engine) -> FastAPI:
     node = build_node(config, engine_factory=engine_factory)
 
@@ -269,7 +288,8 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         return JSONBytes({"status": status}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        _metrics_authorize(request, node.config)
         return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")

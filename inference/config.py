@@ -64,6 +64,10 @@ class NodeConfig(BaseModel):
     journal_retention_days: float = Field(default=30.0, gt=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # /metrics asks for this bearer token; without one it answers 404 unless metrics_public is set
+    # (the node has no development mode of its own, so open metrics are a choice, not a default).
+    metrics_token: str = Field(default="", repr=False)
+    metrics_public: bool = False
 
     @field_validator("shared_secrets")
     @classmethod
@@ -106,6 +110,8 @@ NODE_ENV = {
     "INFERENCE_JOURNAL_RETENTION_DAYS": "journal_retention_days",
     "INFERENCE_MAX_BODY_BYTES": "max_body_bytes",
     "INFERENCE_LOG_LEVEL": "log_level",
+    "INFERENCE_METRICS_TOKEN": "metrics_token",
+    "INFERENCE_METRICS_PUBLIC": "metrics_public",
 }
 OPTION_ENV = {
     "INFERENCE_MAX_BATCH_SIZE": "max_batch_size",

@@ -72,6 +72,8 @@ def main() -> None:
         "INFERENCE_MODEL_VERSION": "v1",
         "INFERENCE_MODEL_PATH": str(MODEL_DIR),
         "INFERENCE_JOURNAL_PATH": str(DEMO / "journal.sqlite3"),
+        # On loopback, like the control plane's development /metrics.
+        "INFERENCE_METRICS_PUBLIC": "true",
         # The node trusts what the gateway signs: both read the same secret (settings' default).
         "INFERENCE_SHARED_SECRET": env.get("INFERENCE_SHARED_SECRET", "dev-inference-secret"),
     }

@@ -23,7 +23,13 @@ from tests.platform.helpers import ROOT, compose
 SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
 SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())
-SECRET_NAMES = {"DJANGO_SECRET_KEY", "INFERENCE_SHARED_SECRET", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+SECRET_NAMES = {
+    "DJANGO_SECRET_KEY",
+    "INFERENCE_SHARED_SECRET",
+    "MMORCH_METRICS_TOKEN",
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+}
 ONE_SHOT = {"migrate", "demo-seed"}
 
 

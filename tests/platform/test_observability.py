@@ -68,6 +68,13 @@ def test_scrape_config_passes_promtool_check(tmp_path: Path) -> None:
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     # The same file with the rules where this checkout has them, so promtool checks those too.
     config["rule_files"] = [str(RULES_FILE)]
+    # Both planes' /metrics ask for the bearer token; promtool wants the credentials file to exist.
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text("t" * 40)
+    for job in config["scrape_configs"]:
+        if job["job_name"].startswith("mmorch-"):
+            assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
+            job["authorization"]["credentials_file"] = str(token_file)
     copy = tmp_path / "prometheus.yml"
     copy.write_text(yaml.safe_dump(config))
     result = _run_promtool("check", "config", str(copy))

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.platform import helpers
+from tests.platform.conftest import METRICS_TOKEN
 from tests.support.inference_node import InferenceNode, free_port
 
 pytestmark = [
@@ -37,6 +38,11 @@ def control_plane_target(control_plane_metrics: str) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            # As the real /metrics does with MMORCH_METRICS_TOKEN set: Prometheus must send it.
+            if self.headers.get("Authorization") != f"Bearer {METRICS_TOKEN}":
+                self.send_response(401)
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("content-type", "text/plain; version=0.0.4; charset=utf-8")
             self.end_headers()
@@ -70,9 +76,15 @@ def prometheus(
     config = yaml.safe_load((helpers.PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
     config["rule_files"] = [str(helpers.RULES_FILE)]
+    token_file = workdir / "metrics_token"
+    token_file.write_text(METRICS_TOKEN)
     targets = {"mmorch-control-plane": control_plane_target, "mmorch-inference": f"127.0.0.1:{live_node.port}"}
     config["scrape_configs"] = [
-        {**job, "static_configs": [{"targets": [targets[job["job_name"]]]}]}
+        {
+            **job,
+            "static_configs": [{"targets": [targets[job["job_name"]]]}],
+            "authorization": {**job["authorization"], "credentials_file": str(token_file)},
+        }
         for job in config["scrape_configs"]
         if job["job_name"] in targets
     ]

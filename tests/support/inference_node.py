@@ -96,6 +96,8 @@ class InferenceNode:
                 "INFERENCE_JOURNAL_PATH": str(self.journal_path),
                 "INFERENCE_LOG_LEVEL": "warning",
                 "INFERENCE_THREADS": "1",
+                # The suites read /metrics without a token (tests/platform sets one).
+                "INFERENCE_METRICS_PUBLIC": "true",
                 "PYTHONPATH": str(REPO_ROOT),
             }
         )
