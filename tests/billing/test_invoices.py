@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
 from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
@@ -161,6 +162,8 @@ def test_bad_periods_are_refused_and_write_nothing(period: str) -> None:
 
 
 @pytest.mark.django_db
+# The last second of a month: its period is still open.
+@time_machine.travel(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), tick=False)
 def test_an_open_period_cannot_be_billed() -> None:
     tenant = factories.tenant()
     subscribe_directly(tenant, plan_with_price().plan)
@@ -172,6 +175,8 @@ def test_an_open_period_cannot_be_billed() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+# Invoice numbers carry the year they are issued in: a fixed day, not whatever today is.
+@time_machine.travel(datetime(2026, 6, 15, 12, tzinfo=UTC), tick=True)
 def test_concurrent_runs_number_invoices_without_gaps_or_doubles() -> None:
     priced = plan_with_price(base_fee="10.00")
     tenants = [factories.tenant() for _ in range(12)]
@@ -259,6 +264,8 @@ def test_issued_invoice_equals_ledger_recomputation(
 
 
 @pytest.mark.django_db
+# Just after New Year: the month that ended is December of the year before.
+@time_machine.travel(datetime(2027, 1, 1, 0, 0, 30, tzinfo=UTC), tick=False)
 def test_monthly_task_bills_the_month_that_just_ended() -> None:
     from billing.money import month_start, period_label
     from billing.tasks import billing_run_previous_month_task
@@ -268,6 +275,6 @@ def test_monthly_task_bills_the_month_that_just_ended() -> None:
     previous = month_start(month_start(datetime.now(UTC)) - timedelta(days=1))
     assert billing_run_previous_month_task.apply().get() == 1
     invoice = Invoice.objects.get(tenant=tenant)
-    assert period_label(invoice.period_start) == period_label(previous)
+    assert period_label(invoice.period_start) == period_label(previous) == "2026-12"
     assert invoice.total_minor == 500
     assert billing_run_previous_month_task.apply().get() == 0

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.core import mail
 
 from billing.models import Price, Subscription, UsageAlert
@@ -107,6 +108,7 @@ def test_bad_plans_and_subscriptions_write_nothing() -> None:
     assert not Subscription.objects.exists()
 
 
+@time_machine.travel(datetime(2026, 3, 17, 12, tzinfo=UTC), tick=False)
 def test_spend_feed_pushes_month_to_date_per_tenant_and_key() -> None:
     backend = quota.MemoryQuota()
     quota.backend_set(backend)
@@ -131,6 +133,7 @@ def test_spend_feed_pushes_month_to_date_per_tenant_and_key() -> None:
         quota.backend_set(None)
 
 
+@time_machine.travel(datetime(2026, 3, 17, 12, tzinfo=UTC), tick=False)
 def test_alerts_at_80_and_100_percent_once_per_threshold() -> None:
     tenant, users = factories.tenant_with_members(roles=[Role.OWNER, Role.FINANCE, Role.DEVELOPER])
     factories.services.limits_update(
