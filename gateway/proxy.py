@@ -118,31 +118,24 @@ def models_allowed(snap: Snapshot, ctx: KeyContext) -> list[str]:
     return sorted(n for n in names if n in snap.models)
 
 
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def model_check(snap: Snapshot, ctx: KeyContext, name: str) -> ModelRoute:
+    """The model's route; a model this key may not use looks exactly like one that does not exist."""
     route = snap.models.get(name)
-    if route is None:
-        raise APIError(
-            404,
-            f"The model '{name}' does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
-    if name not in snap.tenant_models(ctx.tenant_id):
-        raise APIError(
-            403,
-            f"Your organization does not have access to the model '{name}'.",
-            type="permission_error",
-            param="model",
-            code="permission_denied",
-        )
-    if ctx.allowed_models and name not in ctx.allowed_models:
-        raise APIError(
-            403,
-            f"This API key is not allowed to use the model '{name}'.",
-            type="permission_error",
-            param="model",
-            code="permission_denied",
-        )
+    if (
+        route is None
+        or name not in snap.tenant_models(ctx.tenant_id)
+        or (ctx.allowed_models and name not in ctx.allowed_models)
+    ):
+        raise model_not_found(name)
     return route
 
 

@@ -24,11 +24,12 @@ from inference.engine.base import Engine
 from inference.errors import APIError
 from inference.journal import Journal
 from inference.metrics import Metrics
+from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
 from wire.context import SignedContext
 from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
-from wire.signing import SignatureError, verify_signature
+from wire.signing import HEADER_SIGNATURE, SignatureError, verify_signature
 
 logger = logging.getLogger("inference.app")
 
@@ -108,6 +109,7 @@ class Node:
     registry: ModelRegistry
     serving: OpenAIServing
     engines: list[Engine]
+    replays: ReplayCache
     loop: asyncio.AbstractEventLoop | None = None
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - the drain deadline is configuration
@@ -189,6 +191,7 @@ def build_node(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         registry=registry,
         serving=serving,
         engines=engines,
+        replays=ReplayCache(window_s=config.signature_max_skew_s, capacity=config.replay_cache_size),
     )
 
 
@@ -200,13 +203,26 @@ def _signed_path(request: Request) -> str:
 
 async def _authenticate(request: Request, node: Node, body: bytes) -> SignedContext:
     try:
-        return verify_signature(
-            node.config.shared_secrets, request.method, _signed_path(request), body, request.headers
+        ctx = verify_signature(
+            node.config.shared_secrets,
+            request.method,
+            _signed_path(request),
+            body,
+            request.headers,
+            max_skew=node.config.signature_max_skew_s,
         )
     except SignatureError as exc:
         raise APIError(
             401, f"invalid request signature: {exc}", type="authentication_error", code="invalid_signature"
         ) from None
+    # Each signed attempt is served once: the same signed bytes sent again are a replay. Without
+    # an id the signature itself names the attempt (it covers the timestamp and the body).
+    attempt = ctx.request_id or request.headers.get(HEADER_SIGNATURE, "")
+    if not node.replays.first_use(attempt):
+        raise APIError(
+            401, "invalid request signature: replayed request", type="authentication_error", code="replayed_request"
+        )
+    return ctx
 
 
 async def _read_body(request: Request, node: Node) -> bytes:

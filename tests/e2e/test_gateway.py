@@ -155,12 +155,16 @@ def test_models_lists_exactly_the_allowed_models(server: ControlPlane, node: Inf
     gw.model_create(name="ungranted", actor=ACTOR)
     client = client_for(server, world.raw)
     assert [m.id for m in client.models.list()] == ["demo-llama"]
-    with pytest.raises(openai.PermissionDeniedError) as denied:
+    # Another tenant's model looks exactly like one that does not exist.
+    with pytest.raises(openai.NotFoundError) as denied:
         client.chat.completions.create(model="globex-private", messages=[{"role": "user", "content": "x"}])
-    assert denied.value.code == "permission_denied"
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
-    assert missing.value.code == "model_not_found"
+    assert missing.value.code == "model_not_found" and denied.value.code == "model_not_found"
+    assert denied.value.param == missing.value.param == "model"
+    assert str(denied.value.message).replace("globex-private", "M") == str(missing.value.message).replace(
+        "no-such-model", "M"
+    )
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="demo-llama", messages=[{"role": "user", "content": "x"}], n=2)
     assert bad.value.param == "n"

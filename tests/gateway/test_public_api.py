@@ -160,8 +160,10 @@ async def test_key_allow_list_narrows_models(fake_node: FakeNode, world_factory:
     await world_factory(fake_node.url, model_name="other-model")
     world: World = await world_factory(fake_node.url, allowed_models=("other-model",))
     response = await post(AsyncClient(), world, CHAT)
-    assert response.status_code == 403
-    assert error_of(response)["code"] == "permission_denied"
+    missing = await post(AsyncClient(), world, {**CHAT, "model": "no-such-model"})
+    assert response.status_code == missing.status_code == 404
+    assert error_of(response)["code"] == "model_not_found" and error_of(response)["param"] == "model"
+    assert error_of(response)["message"] == error_of(missing)["message"].replace("no-such-model", "demo-llama")
     listed = await AsyncClient().get("/v1/models", headers=world.auth)
     assert orjson.loads(listed.content)["data"] == []  # other-model is not granted to this tenant
     assert fake_node.seen == []
@@ -171,11 +173,15 @@ async def test_cross_tenant_model_is_refused(fake_node: FakeNode, world_factory:
     mine: World = await world_factory(fake_node.url)
     await world_factory(fake_node.url, model_name="b-private")
     response = await post(AsyncClient(), mine, {**CHAT, "model": "b-private"})
-    assert response.status_code == 403
+    missing = await post(AsyncClient(), mine, {**CHAT, "model": "b-missing"})
+    assert response.status_code == missing.status_code == 404
     err = error_of(response)
-    assert err["code"] == "permission_denied" and err["param"] == "model"
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert err == {**error_of(missing), "message": error_of(missing)["message"].replace("b-missing", "b-private")}
     detail = await AsyncClient().get("/v1/models/b-private", headers=mine.auth)
-    assert detail.status_code == 403
+    detail_missing = await AsyncClient().get("/v1/models/b-missing", headers=mine.auth)
+    assert detail.status_code == detail_missing.status_code == 404
+    assert error_of(detail)["code"] == "model_not_found"
     assert fake_node.seen == []
 
 

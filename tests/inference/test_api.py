@@ -366,7 +366,8 @@ async def test_inference_client_streams_and_reports_connection_failures(node: In
         json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1] if json.loads(e[6:])["choices"]
     )
     assert len(content) == 8
-    # Keep-alive: the second request reuses the pool.
+    # Keep-alive: the second request (a new attempt, so a new id) reuses the pool.
+    ctx = SignedContext(tenant=401, key=5, request_id=str(uuid.uuid4()), weight=2)
     again = await client.open(node.base_url, "/v1/chat/completions", body, ctx, secret=SECRET, timeout=10)
     assert again.status == 200
     await again.read()
@@ -390,3 +391,22 @@ async def test_missing_request_id_gets_one_made_here(node: InferenceNode) -> Non
         made = r.headers["x-request-id"]
     (record,) = records_after(node, before)
     assert len(made) == 36 and record["request_id"] == made
+
+
+async def test_the_same_signed_bytes_twice_are_served_once(node: InferenceNode) -> None:
+    path = "/v1/completions"
+    body = json.dumps({"model": "demo-llama", "prompt": "hi", "max_tokens": 2}).encode()
+    headers = signed(SECRET, path, body, tenant=211)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(node.base_url + path, data=body, headers=headers) as first:
+            assert first.status == 200
+        async with session.post(node.base_url + path, data=body, headers=headers) as again:
+            assert again.status == 401
+            assert (await again.json())["error"]["code"] == "replayed_request"
+        # A signature older than the (default 15 s) window is refused as expired, replay or not.
+        old = sign_headers(
+            SECRET, "POST", path, body, SignedContext(211, 5, "old-attempt"), timestamp=int(time.time()) - 20
+        )
+        async with session.post(node.base_url + path, data=body, headers=old) as stale:
+            assert stale.status == 401
+            assert "stale" in (await stale.json())["error"]["message"]
