@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -72,6 +75,18 @@ async def _quietly(coro: Coroutine[Any, Any, Any], what: str) -> None:
 
 def _secret() -> str:
     return conf().signing_secret
+
+
+def attempt_id_new() -> str:
+    """A UUIDv7 for one attempt: 48 bits of Unix milliseconds (sortable), 74 random bits.
+
+    The client's x-request-id is only for correlation; usage is keyed on this one, so no client
+    can make two requests one (or swallow another tenant's usage by reusing its id).
+    """
+    ms = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
+    rand = secrets.randbits(74)
+    value = ms << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
 
 
 # --- authentication and access ------------------------------------------------------------------
@@ -201,9 +216,9 @@ def rate_limit_error(decision: Decision) -> APIError:
 
 async def _error_with_headers(exc: APIError, ctx: KeyContext | None) -> HttpResponse:
     """An error answer; once the key is known it carries the x-ratelimit-* headers too."""
-    if ctx is not None and not exc.headers:
+    if ctx is not None and not any(name.startswith("x-ratelimit-") for name in exc.headers):
         try:
-            exc.headers = (await backend().peek(subjects_for(ctx))).headers()
+            exc.headers = {**(await backend().peek(subjects_for(ctx))).headers(), **exc.headers}
         except Exception:  # the error matters more than the headers
             logger.warning("gateway: quota peek failed", exc_info=True)
     return exc.response()
@@ -257,6 +272,15 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
             # No node for this model in this snapshot: look again before answering 503.
             snap = await registry.snapshot_fresh()
             route = snap.models.get(parsed.model, route)
+        throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
+        if throttled:
+            raise APIError(
+                429,
+                "Too many of your recent requests failed at the inference nodes. Please try again later.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(max(1, math.ceil(throttled)))},
+            )
         reserve = parsed.prompt_estimate() + limits_check(parsed, ctx)
         try:
             decision = await backend().admit(subjects_for(ctx), tokens=reserve)
@@ -312,13 +336,16 @@ class _Forward:
         self.request_id = request_id
         self.path = path
         self.settled = False
+        self.attempt_id = ""
+        self.request_key = uuid.uuid4().hex  # this gateway request, whatever id the client sent
 
-    def _context(self, version: VersionRoute) -> SignedContext:
+    def _context(self, version: VersionRoute, attempt_id: str) -> SignedContext:
         tenant = self.ctx.tenant_limits
         return SignedContext(
             tenant=self.ctx.tenant_id,
             key=self.ctx.key_id,
-            request_id=self.request_id,
+            request_id=attempt_id,
+            client_request_id=self.request_id,
             weight=max(1, tenant.scheduling_weight),
             max_inflight=tenant.max_concurrent_requests or 0,
             max_queued=conf().node_max_queued,
@@ -344,6 +371,7 @@ class _Forward:
         for name, value in self.decision.headers().items():
             response[name] = value
         response["x-mmorch-model-version"] = version.version
+        response["x-mmorch-attempt-id"] = self.attempt_id
         return response
 
     async def run(self, snap: Snapshot, route: ModelRoute) -> HttpResponseBase:
@@ -351,19 +379,21 @@ class _Forward:
         tried: set[int] = set()
         upstream: aiohttp.ClientResponse | None = None
         picked: tuple[VersionRoute, NodeInfo] | None = None
-        for _attempt in range(2):  # the first node, then one retry elsewhere
+        server_errors: list[int] = []  # nodes that answered this request with a 5xx
+        for _attempt in range(2):  # the first node, then one retry elsewhere (a new attempt, a new id)
             picked = registry.pick(snap, route, frozenset(tried))
             if picked is None:
                 break
             version, node = picked
             tried.add(node.id)
             registry.acquire(node.id)
+            self.attempt_id = attempt_id_new()
             try:
                 upstream = await upstream_client().open(
                     node.base_url,
                     self.path,
                     body,
-                    self._context(version),
+                    self._context(version, self.attempt_id),
                     secret=_secret(),
                     timeout=conf().upstream_timeout_s,
                 )
@@ -380,15 +410,28 @@ class _Forward:
                 self.settle(self.decision.reserved)
                 raise
             if upstream.status >= 500:
+                # One request's 5xx never takes a node away: the breaker counts distinct requests.
                 registry.release(node.id)
-                registry.node_failed(node.id)
+                server_errors.append(node.id)
                 logger.warning("gateway: node %s answered %s", node.name, upstream.status)
                 upstream.close()
                 upstream = None
                 continue
+            # 2xx, and 4xx too: the node is fine, the client's input is not (passed on, never retried).
+            registry.node_answered(node.id)
+            # Another node could serve it, so those 5xx were the nodes' fault: the breakers count them.
+            for failed in server_errors:
+                registry.node_server_error(failed, self.request_key)
             break
         if upstream is None or picked is None:
             self.settle(0, refund_request=True)
+            if server_errors:
+                # Failing wherever it goes: the request is the likely cause, so the tenant is
+                # throttled and the nodes are not.
+                c = conf()
+                registry.tenant_throttle.failure(
+                    self.ctx.tenant_id, limit=c.tenant_failures_per_minute, block_s=c.tenant_throttle_s
+                )
             response = error_response(
                 503,
                 "No inference node can take this request right now. Please retry shortly.",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
+from gateway.breaker import Breakers, TenantThrottle
 from gateway.conf import conf
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class Registry:
         self._refreshing: asyncio.Task[None] | None = None
         self._first_load: asyncio.Lock | None = None
         self.in_flight: dict[int, int] = {}
-        self._failed_until: dict[int, float] = {}
+        self.breakers = Breakers()
+        self.tenant_throttle = TenantThrottle()
         self._rng = random.Random()
 
     # --- snapshot -------------------------------------------------------------------------
@@ -160,10 +162,21 @@ class Registry:
 
     # --- routing --------------------------------------------------------------------------
     def node_failed(self, node_id: int) -> None:
-        self._failed_until[node_id] = time.monotonic() + conf().node_fail_cooldown_s
+        """Unreachable or timed out: out of rotation for the cooldown, then one trial request."""
+        self.breakers.trip(node_id, conf().node_fail_cooldown_s)
+
+    def node_server_error(self, node_id: int, request_key: str) -> None:
+        """A 5xx to one request: counts towards the breaker, never opens it alone."""
+        c = conf()
+        self.breakers.server_error(
+            node_id, request_key, threshold=c.node_breaker_failures, cooldown_s=c.node_fail_cooldown_s
+        )
+
+    def node_answered(self, node_id: int) -> None:
+        self.breakers.success(node_id)
 
     def _usable(self, node_id: int, exclude: Iterable[int], now: float) -> bool:
-        return node_id not in exclude and self._failed_until.get(node_id, 0.0) <= now
+        return node_id not in exclude and self.breakers.usable(node_id)
 
     def pick(
         self, snap: Snapshot, model: ModelRoute, exclude: frozenset[int] = frozenset()
@@ -187,6 +200,7 @@ class Registry:
         fewest = min(self.in_flight.get(n, 0) for n in node_ids)
         least = [n for n in node_ids if self.in_flight.get(n, 0) == fewest]
         node_id = least[0] if len(least) == 1 else self._rng.choice(least)
+        self.breakers.attempt(node_id)
         return version, snap.nodes[node_id]
 
     def _by_weight(self, candidates: list[tuple[VersionRoute, list[int]]]) -> tuple[VersionRoute, list[int]]:

@@ -142,7 +142,8 @@ class Generation:
     def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
         return JournalRecord(
-            request_id=self.ticket.request_id,  # the gateway's id, or one made here when it sent none
+            request_id=self.ticket.request_id,  # the attempt's id from the gateway, or one made here
+            client_request_id=self.ctx.client_request_id or self.ticket.request_id,
             tenant=self.ctx.tenant,
             key=self.ctx.key,
             model=self.model.name,

@@ -34,7 +34,8 @@ def _fresh_state() -> Iterator[None]:
     tenant_services.key_cache_reset()
     registry.invalidate()
     registry.in_flight.clear()
-    registry._failed_until.clear()
+    registry.breakers.reset()
+    registry.tenant_throttle.reset()
     yield
     tenant_services.key_cache_reset()
     registry.invalidate()

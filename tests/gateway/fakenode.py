@@ -29,7 +29,7 @@ class Seen:
 @dataclass
 class FakeNode:
     secret: str
-    mode: str = "ok"  # ok | error500 | hang_stream
+    mode: str = "ok"  # ok | error500 | error400 | hang_stream
     seen: list[Seen] = field(default_factory=list)
     aborted: int = 0
     runner: web.AppRunner | None = None
@@ -67,6 +67,9 @@ class FakeNode:
         self.seen.append(Seen(request.path, {k.lower(): v for k, v in request.headers.items()}, body))
         if self.mode == "error500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        if self.mode == "error400":
+            error = {"message": "bad roles", "type": "invalid_request_error", "param": "messages", "code": None}
+            return web.json_response({"error": error}, status=400)
         chat = request.path.endswith("chat/completions")
         words = REPLY_WORDS[: body.get("max_tokens") or len(REPLY_WORDS)]
         usage = {

@@ -56,7 +56,9 @@ async def test_chat_completion_is_forwarded_with_signed_context(
     assert seen.headers["x-mmorch-key"] == str(world.key.id)
     assert seen.headers["x-mmorch-weight"] == "3"
     assert seen.headers["x-mmorch-model-version"] == "v1"
-    assert seen.headers["x-request-id"] == "req-abc-123"
+    # The client's id travels beside the attempt's own id (what the journal and the ledger key on).
+    assert seen.headers["x-mmorch-client-request-id"] == "req-abc-123"
+    assert seen.headers["x-request-id"] == response["x-mmorch-attempt-id"] != "req-abc-123"
     assert seen.body["messages"] == CHAT["messages"]
 
 
@@ -450,11 +452,12 @@ async def test_failover_to_another_node_then_503(world_factory: Any, quota_backe
             response = await post(client, world, CHAT)
             assert response.status_code == 200
         assert len(healthy.seen) == 4
-        assert len(broken.seen) <= 1  # tried at most once, then skipped for a while
+        # One request's 5xx never takes a node away; the breaker opens after 3 distinct requests.
+        assert len(broken.seen) <= settings.GATEWAY_NODE_BREAKER_FAILURES
         await healthy.stop()
         from gateway.registry import registry
 
-        registry._failed_until.clear()
+        registry.breakers.reset()
         response = await post(client, world, {**CHAT, "max_tokens": 300})
         assert response.status_code == 503
         err = error_of(response)
@@ -473,3 +476,96 @@ async def test_failover_to_another_node_then_503(world_factory: Any, quota_backe
         await proxy.upstream_client_close()
         await broken.stop()
         await healthy.stop()
+
+
+# --- attempts, poison requests and throttling ------------------------------------------------------
+async def test_a_reused_request_id_gives_every_attempt_its_own_id(
+    fake_node: FakeNode, world_factory: Any, quota_backend: Any
+) -> None:
+    world: World = await world_factory(fake_node.url)
+    client = AsyncClient()
+    for _ in range(5):
+        response = await post(client, world, CHAT, **{"x-request-id": "same-id"})
+        assert response.status_code == 200
+        assert response["x-request-id"] == "same-id"  # the client's id is still echoed
+    attempts = [seen.headers["x-request-id"] for seen in fake_node.seen]
+    assert len(set(attempts)) == 5 and "same-id" not in attempts
+    assert all(len(a) == 36 and a[14] == "7" for a in attempts)  # UUIDv7: sortable by time
+    assert attempts == sorted(attempts)
+    assert {seen.headers["x-mmorch-client-request-id"] for seen in fake_node.seen} == {"same-id"}
+
+
+async def _two_nodes(world_factory: Any, settings: Any, first: str, second: str) -> tuple[World, FakeNode, FakeNode]:
+    secret = settings.INFERENCE_SHARED_SECRET.split(",")[0]
+    a = await FakeNode(secret=secret, mode=first).start()
+    b = await FakeNode(secret=secret, mode=second).start()
+    world: World = await world_factory(a.url)
+
+    def second_node() -> None:
+        from gateway import services
+        from tests import factories
+
+        services.node_register(
+            name="node-b", base_url=b.url, versions=[world.version], state="up", actor=factories.SYSTEM
+        )
+
+    await sync_to_async(second_node)()
+    return world, a, b
+
+
+async def test_a_4xx_from_the_node_is_passed_on_and_never_retried(
+    world_factory: Any, quota_backend: Any, settings: Any
+) -> None:
+    world, a, b = await _two_nodes(world_factory, settings, "error400", "error400")
+    try:
+        client = AsyncClient()
+        for _ in range(8):
+            response = await post(client, world, CHAT)
+            assert response.status_code == 400
+            assert error_of(response)["param"] == "messages"
+        assert len(a.seen) + len(b.seen) == 8  # each request went to exactly one node
+        from gateway.registry import registry
+
+        assert registry.breakers.state(world.node.id) == "closed"
+        a.mode = b.mode = "ok"
+        assert (await post(client, world, CHAT)).status_code == 200  # no throttle for client errors
+    finally:
+        from gateway import proxy
+
+        await proxy.upstream_client_close()
+        await a.stop()
+        await b.stop()
+
+
+async def test_poison_requests_throttle_the_tenant_not_the_nodes(
+    world_factory: Any, quota_backend: Any, settings: Any
+) -> None:
+    settings.GATEWAY_TENANT_FAILURES_PER_MINUTE = 3
+    settings.GATEWAY_NODE_FAIL_COOLDOWN_S = 60
+    world, a, b = await _two_nodes(world_factory, settings, "error500", "ok")
+    try:
+        client = AsyncClient()
+        # One node answers 5xx: requests are retried on the other, and after 3 distinct
+        # requests failing in a row that node's breaker opens.
+        for _ in range(30):
+            assert (await post(client, world, CHAT)).status_code == 200
+        from gateway.registry import registry
+
+        assert registry.breakers.state(world.node.id) == "open"
+        assert len(a.seen) == 3  # opened on the third, then skipped
+        registry.breakers.reset()
+        # Now every node fails this tenant's requests: 3 failures in a minute, then 429.
+        b.mode = "error500"
+        for _ in range(3):
+            assert (await post(client, world, CHAT)).status_code == 503
+        throttled = await post(client, world, CHAT)
+        assert throttled.status_code == 429 and error_of(throttled)["code"] == "rate_limit_exceeded"
+        assert int(throttled["retry-after"]) >= 1
+        # The nodes were never opened by these: they failed everywhere, so the request was the cause.
+        assert registry.breakers.usable(world.node.id)
+    finally:
+        from gateway import proxy
+
+        await proxy.upstream_client_close()
+        await a.stop()
+        await b.stop()
