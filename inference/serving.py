@@ -141,6 +141,9 @@ class Generation:
 
     def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
+        # An attempt our engine failed before its first token is journaled but costs nothing
+        # (the gateway retries it elsewhere as a new attempt).
+        free = outcome == "error" and self.first_token is None
         return JournalRecord(
             request_id=self.ticket.request_id,  # the attempt's id from the gateway, or one made here
             client_request_id=self.ctx.client_request_id or self.ticket.request_id,
@@ -148,8 +151,8 @@ class Generation:
             key=self.ctx.key,
             model=self.model.name,
             model_version=self.model.version,
-            prompt_tokens=len(self.request.prompt_ids),
-            completion_tokens=self.completion_tokens,
+            prompt_tokens=0 if free else len(self.request.prompt_ids),
+            completion_tokens=0 if free else self.completion_tokens,
             outcome=outcome,
             queue_ms=round((self.dispatched - self.arrival) * 1000, 3),
             ttft_ms=None if self.first_token is None else round((self.first_token - self.arrival) * 1000, 3),

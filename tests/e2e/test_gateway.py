@@ -73,8 +73,9 @@ def client_for(server: ControlPlane, raw: str) -> openai.OpenAI:
 
 
 def journal(node: InferenceNode) -> dict[str, dict[str, Any]]:
+    """The node's records by the client's request id (each test sends its own ids)."""
     page = usage_pull(node.base_url, node.secret, after=0, limit=1000)
-    return {r["request_id"]: r for r in page["records"]}
+    return {r["client_request_id"]: r for r in page["records"]}
 
 
 def raw_get(url: str, raw: str) -> tuple[int, dict[str, str], bytes]:
