@@ -348,6 +348,22 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
     async def completions(request: Request) -> Response:
         return await _openai(request, node.serving.start_completion, CompletionRequest)
 
+    @app.post("/v1/tokenize")
+    async def tokenize(request: Request) -> Response:
+        # A chat or completions body: the gateway asks when it has no tokenizer of its own.
+        body_bytes = await _read_body(request, node)
+        ctx = await _authenticate(request, node, body_bytes)
+        try:
+            raw = orjson.loads(body_bytes)
+        except orjson.JSONDecodeError:
+            raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+        model_cls = ChatCompletionRequest if isinstance(raw, dict) and "messages" in raw else CompletionRequest
+        try:
+            body = parse_body(model_cls, body_bytes)
+        except RequestInvalid as exc:
+            raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+        return JSONBytes(node.serving.tokenize(ctx, body))
+
     @app.get("/internal/usage")
     async def internal_usage(request: Request) -> Response:
         await _authenticate(request, node, await request.body())

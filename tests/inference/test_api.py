@@ -265,6 +265,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "version",
         "seq",
         "request_id",
+        "client_request_id",
         "tenant",
         "key",
         "model",
@@ -285,7 +286,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "v1",
     )
     assert (record["prompt_tokens"], record["completion_tokens"], record["outcome"]) == (5, 3, "length")
-    assert record["version"] == 1
+    assert record["version"] == 2 and record["client_request_id"] == record["request_id"]  # no client id: its own
     assert record["finished_at"].endswith("Z") and record["started_at"] <= record["finished_at"]
     assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
     async with aiohttp.ClientSession() as session:
@@ -410,3 +411,32 @@ async def test_the_same_signed_bytes_twice_are_served_once(node: InferenceNode) 
         async with session.post(node.base_url + path, data=body, headers=old) as stale:
             assert stale.status == 401
             assert "stale" in (await stale.json())["error"]["message"]
+
+
+async def test_a_chat_template_refusing_the_messages_is_a_400_not_a_500(node: InferenceNode) -> None:
+    before = cursor(node)
+    payload = {"model": "demo-llama", "messages": [{"role": "assistant", "content": "I start"}], "max_tokens": 2}
+    status, _, raw = await post(node, "/v1/chat/completions", payload, tenant=212)
+    assert status == 400
+    error = json.loads(raw)["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "messages")
+    assert "assistant" in error["message"]
+    # The same refusal from the tokenize call, and a prompt longer than the context is a 400 too.
+    status, _, raw = await post(node, "/v1/tokenize", payload, tenant=212)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "messages"
+    long = {"model": "demo-llama", "prompt": "x" * 2000, "max_tokens": 2}
+    status, _, raw = await post(node, "/v1/completions", long, tenant=212)
+    assert status == 400 and json.loads(raw)["error"]["code"] == "context_length_exceeded"
+    assert records_after(node, before) == []  # nothing reached the engine
+
+
+async def test_tokenize_counts_exactly_what_generation_runs(node: InferenceNode) -> None:
+    payload = {"model": "demo-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3}
+    status, _, raw = await post(node, "/v1/tokenize", payload, tenant=213)
+    assert status == 200
+    counted = json.loads(raw)
+    assert (counted["context_length"], counted["max_tokens"], counted["model_version"]) == (1024, 256, "v1")
+    status, _, raw = await post(node, "/v1/chat/completions", payload, tenant=213)
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == counted["count"]
+    status, _, raw = await post(node, "/v1/tokenize", {"model": "demo-llama", "prompt": "abc"}, tenant=213)
+    assert status == 200 and json.loads(raw)["count"] == 3  # one token per byte, no BOS on plain text
