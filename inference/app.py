@@ -357,9 +357,12 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             raw = orjson.loads(body_bytes)
         except orjson.JSONDecodeError:
             raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
-        model_cls = ChatCompletionRequest if isinstance(raw, dict) and "messages" in raw else CompletionRequest
         try:
-            body = parse_body(model_cls, body_bytes)
+            body: ChatCompletionRequest | CompletionRequest = (
+                parse_body(ChatCompletionRequest, body_bytes)
+                if isinstance(raw, dict) and "messages" in raw
+                else parse_body(CompletionRequest, body_bytes)
+            )
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
         return JSONBytes(node.serving.tokenize(ctx, body))
