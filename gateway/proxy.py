@@ -29,6 +29,7 @@ from gateway.metrics import QUOTA_REJECTIONS
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
 from gateway.quota import Decision, backend, subjects_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
+from gateway.tokens import PromptCount, prompt_counter
 from tenants.keyauth import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
 from tenants.types import KeyContext
 from wire.client import InferenceClient
@@ -154,8 +155,8 @@ def model_check(snap: Snapshot, ctx: KeyContext, name: str) -> ModelRoute:
     return route
 
 
-def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
-    """Per-plan input limits; returns the number of output tokens to reserve."""
+def limits_check(parsed: ParsedRequest, ctx: KeyContext, counted: PromptCount | None = None) -> int:
+    """Per-plan and per-model input limits; returns the number of output tokens to reserve."""
     lim = ctx.key_limits
     if lim.max_messages is not None and parsed.messages > lim.max_messages:
         raise APIError(
@@ -165,11 +166,21 @@ def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
             code="too_many_messages",
         )
     prompt = parsed.prompt_estimate()
+    prompt_param = "messages" if parsed.messages else "prompt"
+    about = "" if parsed.prompt_tokens is not None else "about "
     if lim.max_prompt_tokens is not None and prompt > lim.max_prompt_tokens:
         raise APIError(
             400,
-            f"The prompt is too long: about {prompt} tokens (this plan allows {lim.max_prompt_tokens}).",
-            param="messages" if parsed.messages else "prompt",
+            f"The prompt is too long: {about}{prompt} tokens (this plan allows {lim.max_prompt_tokens}).",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    context = counted.context_length if counted is not None else None
+    if context is not None and prompt >= context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens; the prompt has {prompt}.",
+            param=prompt_param,
             code="context_length_exceeded",
         )
     if parsed.max_tokens is not None:
@@ -180,12 +191,27 @@ def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
                 param="max_tokens",
                 code="invalid_value",
             )
+        node_cap = counted.max_tokens if counted is not None else None
+        if node_cap is not None and parsed.max_tokens > node_cap:
+            raise APIError(
+                400, f"max_tokens must be at most {node_cap} on this model.", param="max_tokens", code="invalid_value"
+            )
+        if context is not None and prompt + parsed.max_tokens > context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens; the prompt ({prompt}) plus max_tokens "
+                f"({parsed.max_tokens}) exceeds it.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         return parsed.max_tokens
+    room = context - prompt if context is not None else None
     if lim.max_output_tokens is not None:
         # Make the plan's cap explicit so the node stops there and the reservation holds.
         parsed.body["max_tokens"] = lim.max_output_tokens
         return lim.max_output_tokens
-    return conf().default_reserve_tokens
+    default = conf().default_reserve_tokens
+    return default if room is None else min(default, room)
 
 
 def rate_limit_error(decision: Decision) -> APIError:
@@ -281,7 +307,13 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
                 code="rate_limit_exceeded",
                 headers={"retry-after": str(max(1, math.ceil(throttled)))},
             )
-        reserve = parsed.prompt_estimate() + limits_check(parsed, ctx)
+        request_id = getattr(request, "request_id", None) or request_id_from(request)
+        # The real prompt size (the model's tokenizer and chat template): reservations must hold.
+        counted = await prompt_counter.count(
+            snap, route, parsed, SignedContext(ctx.tenant_id, ctx.key_id, "", client_request_id=request_id)
+        )
+        parsed.prompt_tokens = counted.tokens
+        reserve = parsed.prompt_estimate() + limits_check(parsed, ctx, counted)
         try:
             decision = await backend().admit(subjects_for(ctx), tokens=reserve)
         except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
@@ -298,7 +330,6 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
             raise rate_limit_error(decision)
     except APIError as exc:
         return await _error_with_headers(exc, ctx)
-    request_id = getattr(request, "request_id", None) or request_id_from(request)
     forward = _Forward(ctx, parsed, decision, request_id, request.path_info)
     return await forward.run(snap, route)
 

@@ -42,6 +42,7 @@ class VersionRoute:
     version: str  # what the node is asked for (x-mmorch-model-version) and journals
     weight: int
     node_ids: tuple[int, ...]  # nodes that are up and serve this version
+    artifact: str = ""  # where the version's files are (a local directory lets the gateway count tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ def _snapshot_read() -> Snapshot:
                 version.version,
                 version.traffic_weight,
                 tuple(version_nodes.get(version.id, ())),
+                version.artifact_uri,
             )
         )
     models = {
