@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
@@ -90,6 +90,32 @@ def attempt_id_new() -> str:
     return str(uuid.UUID(int=value))
 
 
+# --- the database going away ---------------------------------------------------------------------
+_outage_since: float | None = None
+
+
+def database_unavailable(exc: BaseException) -> APIError:
+    """A 503 the client may retry; logged once per outage, not once per request."""
+    global _outage_since
+    if _outage_since is None:
+        _outage_since = time.monotonic()
+        logger.error("gateway: the database is unreachable; /v1 answers 503 until it is back: %s", exc)
+    return APIError(
+        503,
+        "The service is temporarily unavailable. Please retry shortly.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"retry-after": "2"},
+    )
+
+
+def _database_back() -> None:
+    global _outage_since
+    if _outage_since is not None:
+        logger.warning("gateway: the database is reachable again after %.1f s", time.monotonic() - _outage_since)
+        _outage_since = None
+
+
 # --- authentication and access ------------------------------------------------------------------
 async def authenticate(request: HttpRequest) -> KeyContext:
     header = request.headers.get("authorization", "")
@@ -102,7 +128,10 @@ async def authenticate(request: HttpRequest) -> KeyContext:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             code="invalid_api_key",
         )
-    ctx, reason = await akey_check(raw)
+    try:
+        ctx, reason = await akey_check(raw)
+    except DatabaseError as exc:  # a key not in the cache while the database is down
+        raise database_unavailable(exc) from exc
     if reason == KEY_TENANT_SUSPENDED:
         raise APIError(403, "This organization is suspended.", type="permission_error", code="permission_denied")
     if ctx is None:
@@ -250,6 +279,23 @@ async def _error_with_headers(exc: APIError, ctx: KeyContext | None) -> HttpResp
     return exc.response()
 
 
+async def _snapshot(*, fresh: bool) -> Snapshot:
+    """The routing snapshot; a 503 when there is none and the database cannot give one."""
+    try:
+        snap = await (registry.snapshot_fresh() if fresh else registry.snapshot())
+    except DatabaseError as exc:
+        raise database_unavailable(exc) from exc
+    _database_back()
+    return snap
+
+
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other /v1 path: the JSON error shape, never Django's HTML page."""
+    return error_response(
+        404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url", type="invalid_request_error"
+    )
+
+
 # --- /v1/models ---------------------------------------------------------------------------------
 def _model_object(route: ModelRoute) -> dict[str, Any]:
     return {"id": route.name, "object": "model", "created": route.created, "owned_by": route.owned_by}
@@ -261,7 +307,7 @@ async def handle_models(request: HttpRequest, model: str | None = None) -> HttpR
         if request.method != "GET":
             raise APIError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
         ctx = await authenticate(request)
-        snap = await registry.snapshot_fresh()
+        snap = await _snapshot(fresh=True)
         if model is not None:
             route = model_check(snap, ctx, model)
             payload: dict[str, Any] = _model_object(route)
@@ -287,16 +333,16 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
         ctx = await authenticate(request)
         raw = _read_body(request)
         parsed = parse_body(raw, chat=chat)
-        snap = await registry.snapshot()
+        snap = await _snapshot(fresh=False)
         try:
             route = model_check(snap, ctx, parsed.model)
         except APIError:
             # Refusals are rechecked against a fresh registry (a grant may be a moment old).
-            snap = await registry.snapshot_fresh()
+            snap = await _snapshot(fresh=True)
             route = model_check(snap, ctx, parsed.model)
         if not any(v.node_ids for v in route.versions):
             # No node for this model in this snapshot: look again before answering 503.
-            snap = await registry.snapshot_fresh()
+            snap = await _snapshot(fresh=True)
             route = snap.models.get(parsed.model, route)
         throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
         if throttled:

@@ -114,6 +114,7 @@ class Registry:
         self._snapshot: Snapshot | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._first_load: asyncio.Lock | None = None
+        self._refresh_failing = False
         self.in_flight: dict[int, int] = {}
         self.breakers = Breakers()
         self.tenant_throttle = TenantThrottle()
@@ -153,8 +154,14 @@ class Registry:
     async def _refresh(self) -> None:
         try:
             await self._load_now()
-        except Exception:  # keep serving the last good snapshot
-            logger.exception("gateway: registry refresh failed")
+        except Exception:  # keep serving the last good snapshot; log once per outage
+            if not self._refresh_failing:
+                logger.exception("gateway: registry refresh failed; serving the last snapshot")
+            self._refresh_failing = True
+        else:
+            if self._refresh_failing:
+                logger.warning("gateway: registry refresh works again")
+            self._refresh_failing = False
 
     def invalidate(self) -> None:
         self._snapshot = None

@@ -569,3 +569,56 @@ async def test_poison_requests_throttle_the_tenant_not_the_nodes(
         await proxy.upstream_client_close()
         await a.stop()
         await b.stop()
+
+
+# --- never HTML -------------------------------------------------------------------------------------
+async def test_unknown_paths_and_wrong_methods_answer_the_json_error_shape(
+    fake_node: FakeNode, world_factory: Any, quota_backend: Any
+) -> None:
+    world: World = await world_factory(fake_node.url)
+    client = AsyncClient()
+    for response in (
+        await client.get("/v1/no-such-thing", headers=world.auth),
+        await client.post("/v1/embeddings/x", data=b"{}", content_type="application/json", headers=world.auth),
+    ):
+        assert response.status_code == 404 and response["content-type"] == "application/json"
+        assert error_of(response)["code"] == "unknown_url"
+    wrong = await client.get("/v1/chat/completions", headers=world.auth)
+    assert wrong.status_code == 405 and error_of(wrong)["code"] == "method_not_allowed"
+    wrong = await client.post("/v1/models", data=b"{}", content_type="application/json", headers=world.auth)
+    assert wrong.status_code == 405 and error_of(wrong)["code"] == "method_not_allowed"
+
+
+async def test_a_database_outage_is_a_503_json_error_with_retry_after(
+    fake_node: FakeNode, world_factory: Any, quota_backend: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from django.db.utils import OperationalError
+
+    from gateway import proxy
+    from gateway import registry as registry_module
+    from gateway.registry import registry
+
+    world: World = await world_factory(fake_node.url)
+
+    async def key_lookup_fails(raw: str) -> Any:
+        raise OperationalError("connection refused")
+
+    def load_fails() -> Any:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(proxy, "akey_check", key_lookup_fails)
+    client = AsyncClient()
+    for _ in range(3):
+        for response in (await post(client, world, CHAT), await client.get("/v1/models", headers=world.auth)):
+            assert response.status_code == 503, response.content
+            assert error_of(response)["code"] == "service_unavailable"
+            assert int(response["retry-after"]) >= 1
+    assert sum("database is unreachable" in r.getMessage() for r in caplog.records) == 1  # once per outage
+    monkeypatch.undo()
+    # A cached key, but no routing snapshot and the registry cannot be read either.
+    registry.invalidate()
+    monkeypatch.setattr(registry_module, "snapshot_load", load_fails)
+    response = await post(client, world, CHAT)
+    assert response.status_code == 503 and error_of(response)["code"] == "service_unavailable"
+    monkeypatch.undo()
+    assert (await post(client, world, CHAT)).status_code == 200
