@@ -319,6 +319,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
                 headers = {"x-request-id": gen.ticket.request_id, "x-mmorch-model-version": gen.model.version}
                 echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
                 if body.stream:
+                    gen.streaming = True
                     handed_off = True
                     stream = node.serving.stream(gen, chat=chat, include_usage=body.include_usage(), echo=echo)
                     return SSEResponse(stream, on_close=_stream_closed(gen), headers=headers)

@@ -91,6 +91,7 @@ class Generation:
     finish_reason: Outcome | None = None
     recorded: bool = False
     closed: bool = False
+    streaming: bool = False  # tokens reach the client as they come
     text_parts: list[str] = field(default_factory=list)
 
     async def outputs(self) -> AsyncIterator[EngineOutput]:
@@ -142,9 +143,9 @@ class Generation:
 
     def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
-        # An attempt our engine failed before its first token is journaled but costs nothing
-        # (the gateway retries it elsewhere as a new attempt).
-        free = outcome == "error" and self.first_token is None
+        # An attempt our engine failed before the client got a byte of it (no token yet, or a
+        # non-streaming answer that became a 500) is journaled but costs nothing.
+        free = outcome == "error" and (self.first_token is None or not self.streaming)
         return JournalRecord(
             request_id=self.ticket.request_id,  # the attempt's id from the gateway, or one made here
             client_request_id=self.ctx.client_request_id or self.ticket.request_id,
