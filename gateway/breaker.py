@@ -66,15 +66,22 @@ class Breakers:
         breaker.streak.clear()
         breaker.trial = False
 
-    def server_error(self, node_id: int, request_key: str, *, threshold: int, cooldown_s: float) -> None:
-        """A 5xx for the request `request_key`; opens after `threshold` distinct requests in a row."""
+    def server_error(self, node_id: int, request_key: str, *, threshold: int, cooldown_s: float) -> bool:
+        """A 5xx for the request `request_key`; opens after `threshold` distinct requests in a row.
+
+        True when this opened the breaker."""
         breaker = self._nodes.setdefault(node_id, Breaker())
-        if self.state(node_id) == "half_open":
+        state = self.state(node_id)
+        if state == "open":
+            return False
+        if state == "half_open":
             self.trip(node_id, cooldown_s)
-            return
+            return True
         breaker.streak.add(request_key)
         if len(breaker.streak) >= max(1, threshold):
             self.trip(node_id, cooldown_s)
+            return True
+        return False
 
 
 class TenantThrottle:

@@ -25,7 +25,7 @@ from django.http.response import HttpResponseBase
 
 from config.observability import request_id_from
 from gateway.conf import conf
-from gateway.metrics import QUOTA_REJECTIONS
+from gateway.metrics import QUOTA_REJECTIONS, TENANT_THROTTLED
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
 from gateway.quota import Decision, backend, subjects_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
@@ -346,6 +346,7 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
             route = snap.models.get(parsed.model, route)
         throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
         if throttled:
+            TENANT_THROTTLED.labels(str(ctx.tenant_id)).inc()
             raise APIError(
                 429,
                 "Too many of your recent requests failed at the inference nodes. Please try again later.",
@@ -456,7 +457,7 @@ class _Forward:
         tried: set[int] = set()
         upstream: aiohttp.ClientResponse | None = None
         picked: tuple[VersionRoute, NodeInfo] | None = None
-        server_errors: list[int] = []  # nodes that answered this request with a 5xx
+        server_errors: list[tuple[int, str]] = []  # nodes that answered this request with a 5xx
         for _attempt in range(2):  # the first node, then one retry elsewhere (a new attempt, a new id)
             picked = registry.pick(snap, route, frozenset(tried))
             if picked is None:
@@ -476,7 +477,7 @@ class _Forward:
                 )
             except _RETRYABLE as exc:
                 registry.release(node.id)
-                registry.node_failed(node.id)
+                registry.node_failed(node.id, node.name)
                 logger.warning("gateway: node %s unreachable: %s", node.name, exc)
                 upstream = None
                 continue
@@ -489,7 +490,7 @@ class _Forward:
             if upstream.status >= 500:
                 # One request's 5xx never takes a node away: the breaker counts distinct requests.
                 registry.release(node.id)
-                server_errors.append(node.id)
+                server_errors.append((node.id, node.name))
                 logger.warning("gateway: node %s answered %s", node.name, upstream.status)
                 upstream.close()
                 upstream = None
@@ -497,8 +498,8 @@ class _Forward:
             # 2xx, and 4xx too: the node is fine, the client's input is not (passed on, never retried).
             registry.node_answered(node.id)
             # Another node could serve it, so those 5xx were the nodes' fault: the breakers count them.
-            for failed in server_errors:
-                registry.node_server_error(failed, self.request_key)
+            for failed_id, failed_name in server_errors:
+                registry.node_server_error(failed_id, self.request_key, failed_name)
             break
         if upstream is None or picked is None:
             self.settle(0, refund_request=True)

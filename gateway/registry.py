@@ -24,6 +24,7 @@ from django.db import close_old_connections, connection
 
 from gateway.breaker import Breakers, TenantThrottle
 from gateway.conf import conf
+from gateway.metrics import NODE_BREAKER_OPENS
 
 logger = logging.getLogger(__name__)
 
@@ -170,16 +171,24 @@ class Registry:
         self._snapshot = snap
 
     # --- routing --------------------------------------------------------------------------
-    def node_failed(self, node_id: int) -> None:
+    def node_failed(self, node_id: int, name: str = "") -> None:
         """Unreachable or timed out: out of rotation for the cooldown, then one trial request."""
         self.breakers.trip(node_id, conf().node_fail_cooldown_s)
+        NODE_BREAKER_OPENS.labels(name or str(node_id), "unreachable").inc()
 
-    def node_server_error(self, node_id: int, request_key: str) -> None:
+    def node_server_error(self, node_id: int, request_key: str, name: str = "") -> None:
         """A 5xx to one request: counts towards the breaker, never opens it alone."""
         c = conf()
-        self.breakers.server_error(
+        opened = self.breakers.server_error(
             node_id, request_key, threshold=c.node_breaker_failures, cooldown_s=c.node_fail_cooldown_s
         )
+        if opened:
+            logger.warning(
+                "gateway: node %s answered 5xx to %d requests in a row; out of rotation",
+                name or node_id,
+                c.node_breaker_failures,
+            )
+            NODE_BREAKER_OPENS.labels(name or str(node_id), "server_errors").inc()
 
     def node_answered(self, node_id: int) -> None:
         self.breakers.success(node_id)
