@@ -96,9 +96,12 @@ class BillingAccount(models.Model):
 
 
 class UsageRecord(models.Model):
-    """One row per inference request, written once by ingestion and never changed."""
+    """One row per inference attempt, written once by ingestion and never changed."""
 
+    # The attempt's own id (made by the gateway, unique): what usage is keyed on.
     request_id = models.CharField(max_length=128, unique=True)
+    # The client's x-request-id, for finding a request's rows; not unique (clients reuse ids).
+    client_request_id = models.CharField(max_length=128, blank=True, default="")
     # Only the composite indexes below: every extra index costs each of millions of inserts.
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", db_index=False)
     # No database constraint: keys come and go, the ledger keeps the id it was billed under.
@@ -135,6 +138,7 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["tenant", "started_at"]),
             models.Index(fields=["started_at"]),
+            models.Index(fields=["client_request_id"], name="usage_client_request_id"),
         ]
 
     def __str__(self) -> str:

@@ -306,6 +306,11 @@ GATEWAY_LEASE_TTL_S: float = env.float("GATEWAY_LEASE_TTL_S", default=60.0)
 GATEWAY_UPSTREAM_TIMEOUT_S: float = env.float("GATEWAY_UPSTREAM_TIMEOUT_S", default=120.0)
 # A node that just failed is skipped by this process for this long (the probe confirms).
 GATEWAY_NODE_FAIL_COOLDOWN_S: float = env.float("GATEWAY_NODE_FAIL_COOLDOWN_S", default=2.0)
+# A node's 5xx answers to this many distinct requests in a row open its circuit breaker.
+GATEWAY_NODE_BREAKER_FAILURES: int = env.int("GATEWAY_NODE_BREAKER_FAILURES", default=3)
+# A tenant whose requests fail at the nodes this many times in a minute gets 429 for a while.
+GATEWAY_TENANT_FAILURES_PER_MINUTE: int = env.int("GATEWAY_TENANT_FAILURES_PER_MINUTE", default=5)
+GATEWAY_TENANT_THROTTLE_S: float = env.float("GATEWAY_TENANT_THROTTLE_S", default=30.0)
 # Queue cap per tenant asked of nodes (0: the node's default).
 GATEWAY_NODE_MAX_QUEUED: int = env.int("GATEWAY_NODE_MAX_QUEUED", default=0)
 # Prompt size estimate for reservations and the prompt-token limit (bytes per token).

@@ -19,6 +19,9 @@ class GatewayConf:
     upstream_timeout_s: float
     upstream_pool_size: int
     node_fail_cooldown_s: float
+    node_breaker_failures: int
+    tenant_failures_per_minute: int
+    tenant_throttle_s: float
     node_max_queued: int
     prompt_bytes_per_token: float
     default_reserve_tokens: int
@@ -34,6 +37,9 @@ def _build() -> GatewayConf:
         upstream_timeout_s=float(settings.GATEWAY_UPSTREAM_TIMEOUT_S),
         upstream_pool_size=int(settings.GATEWAY_UPSTREAM_POOL_SIZE),
         node_fail_cooldown_s=float(settings.GATEWAY_NODE_FAIL_COOLDOWN_S),
+        node_breaker_failures=int(settings.GATEWAY_NODE_BREAKER_FAILURES),
+        tenant_failures_per_minute=int(settings.GATEWAY_TENANT_FAILURES_PER_MINUTE),
+        tenant_throttle_s=float(settings.GATEWAY_TENANT_THROTTLE_S),
         node_max_queued=int(settings.GATEWAY_NODE_MAX_QUEUED),
         prompt_bytes_per_token=float(settings.GATEWAY_PROMPT_BYTES_PER_TOKEN),
         default_reserve_tokens=int(settings.GATEWAY_DEFAULT_RESERVE_TOKENS),

@@ -124,8 +124,12 @@ class ParsedRequest:
     prompt_bytes: int
     messages: int
     body: dict[str, Any]
+    prompt_tokens: int | None = None  # counted by the model's tokenizer, once known
 
     def prompt_estimate(self) -> int:
+        """The prompt's tokens: the real count once known, else an estimate from its size."""
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
         per = conf().prompt_bytes_per_token
         return math.ceil(self.prompt_bytes / per) + 4 * self.messages
 

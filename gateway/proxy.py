@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
 import orjson
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from core.observability import request_id_from
 from gateway.conf import conf
-from gateway.metrics import QUOTA_REJECTIONS
+from gateway.metrics import QUOTA_REJECTIONS, TENANT_THROTTLED
 from gateway.protocol import APIError, ParsedRequest, error_response, parse_body
 from gateway.quota import Decision, backend, subjects_for
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
+from gateway.tokens import PromptCount, prompt_counter
 from tenants.keyauth import KEY_TENANT_SUSPENDED, akey_check, key_mark_used, key_mark_used_due
 from tenants.types import KeyContext
 from wire.client import InferenceClient
@@ -74,6 +78,44 @@ def _secret() -> str:
     return conf().signing_secret
 
 
+def attempt_id_new() -> str:
+    """A UUIDv7 for one attempt: 48 bits of Unix milliseconds (sortable), 74 random bits.
+
+    The client's x-request-id is only for correlation; usage is keyed on this one, so no client
+    can make two requests one (or swallow another tenant's usage by reusing its id).
+    """
+    ms = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
+    rand = secrets.randbits(74)
+    value = ms << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+# --- the database going away ---------------------------------------------------------------------
+_outage_since: float | None = None
+
+
+def database_unavailable(exc: BaseException) -> APIError:
+    """A 503 the client may retry; logged once per outage, not once per request."""
+    global _outage_since
+    if _outage_since is None:
+        _outage_since = time.monotonic()
+        logger.error("gateway: the database is unreachable; /v1 answers 503 until it is back: %s", exc)
+    return APIError(
+        503,
+        "The service is temporarily unavailable. Please retry shortly.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"retry-after": "2"},
+    )
+
+
+def _database_back() -> None:
+    global _outage_since
+    if _outage_since is not None:
+        logger.warning("gateway: the database is reachable again after %.1f s", time.monotonic() - _outage_since)
+        _outage_since = None
+
+
 # --- authentication and access ------------------------------------------------------------------
 async def authenticate(request: HttpRequest) -> KeyContext:
     header = request.headers.get("authorization", "")
@@ -86,7 +128,10 @@ async def authenticate(request: HttpRequest) -> KeyContext:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             code="invalid_api_key",
         )
-    ctx, reason = await akey_check(raw)
+    try:
+        ctx, reason = await akey_check(raw)
+    except DatabaseError as exc:  # a key not in the cache while the database is down
+        raise database_unavailable(exc) from exc
     if reason == KEY_TENANT_SUSPENDED:
         raise APIError(403, "This organization is suspended.", type="permission_error", code="permission_denied")
     if ctx is None:
@@ -118,36 +163,29 @@ def models_allowed(snap: Snapshot, ctx: KeyContext) -> list[str]:
     return sorted(n for n in names if n in snap.models)
 
 
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def model_check(snap: Snapshot, ctx: KeyContext, name: str) -> ModelRoute:
+    """The model's route; a model this key may not use looks exactly like one that does not exist."""
     route = snap.models.get(name)
-    if route is None:
-        raise APIError(
-            404,
-            f"The model '{name}' does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
-    if name not in snap.tenant_models(ctx.tenant_id):
-        raise APIError(
-            403,
-            f"Your organization does not have access to the model '{name}'.",
-            type="permission_error",
-            param="model",
-            code="permission_denied",
-        )
-    if ctx.allowed_models and name not in ctx.allowed_models:
-        raise APIError(
-            403,
-            f"This API key is not allowed to use the model '{name}'.",
-            type="permission_error",
-            param="model",
-            code="permission_denied",
-        )
+    if (
+        route is None
+        or name not in snap.tenant_models(ctx.tenant_id)
+        or (ctx.allowed_models and name not in ctx.allowed_models)
+    ):
+        raise model_not_found(name)
     return route
 
 
-def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
-    """Per-plan input limits; returns the number of output tokens to reserve."""
+def limits_check(parsed: ParsedRequest, ctx: KeyContext, counted: PromptCount | None = None) -> int:
+    """Per-plan and per-model input limits; returns the number of output tokens to reserve."""
     lim = ctx.key_limits
     if lim.max_messages is not None and parsed.messages > lim.max_messages:
         raise APIError(
@@ -157,11 +195,21 @@ def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
             code="too_many_messages",
         )
     prompt = parsed.prompt_estimate()
+    prompt_param = "messages" if parsed.messages else "prompt"
+    about = "" if parsed.prompt_tokens is not None else "about "
     if lim.max_prompt_tokens is not None and prompt > lim.max_prompt_tokens:
         raise APIError(
             400,
-            f"The prompt is too long: about {prompt} tokens (this plan allows {lim.max_prompt_tokens}).",
-            param="messages" if parsed.messages else "prompt",
+            f"The prompt is too long: {about}{prompt} tokens (this plan allows {lim.max_prompt_tokens}).",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    context = counted.context_length if counted is not None else None
+    if context is not None and prompt >= context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens; the prompt has {prompt}.",
+            param=prompt_param,
             code="context_length_exceeded",
         )
     if parsed.max_tokens is not None:
@@ -172,12 +220,27 @@ def limits_check(parsed: ParsedRequest, ctx: KeyContext) -> int:
                 param="max_tokens",
                 code="invalid_value",
             )
+        node_cap = counted.max_tokens if counted is not None else None
+        if node_cap is not None and parsed.max_tokens > node_cap:
+            raise APIError(
+                400, f"max_tokens must be at most {node_cap} on this model.", param="max_tokens", code="invalid_value"
+            )
+        if context is not None and prompt + parsed.max_tokens > context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens; the prompt ({prompt}) plus max_tokens "
+                f"({parsed.max_tokens}) exceeds it.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         return parsed.max_tokens
+    room = context - prompt if context is not None else None
     if lim.max_output_tokens is not None:
         # Make the plan's cap explicit so the node stops there and the reservation holds.
         parsed.body["max_tokens"] = lim.max_output_tokens
         return lim.max_output_tokens
-    return conf().default_reserve_tokens
+    default = conf().default_reserve_tokens
+    return default if room is None else min(default, room)
 
 
 def rate_limit_error(decision: Decision) -> APIError:
@@ -208,12 +271,29 @@ def rate_limit_error(decision: Decision) -> APIError:
 
 async def _error_with_headers(exc: APIError, ctx: KeyContext | None) -> HttpResponse:
     """An error answer; once the key is known it carries the x-ratelimit-* headers too."""
-    if ctx is not None and not exc.headers:
+    if ctx is not None and not any(name.startswith("x-ratelimit-") for name in exc.headers):
         try:
-            exc.headers = (await backend().peek(subjects_for(ctx))).headers()
+            exc.headers = {**(await backend().peek(subjects_for(ctx))).headers(), **exc.headers}
         except Exception:  # the error matters more than the headers
             logger.warning("gateway: quota peek failed", exc_info=True)
     return exc.response()
+
+
+async def _snapshot(*, fresh: bool) -> Snapshot:
+    """The routing snapshot; a 503 when there is none and the database cannot give one."""
+    try:
+        snap = await (registry.snapshot_fresh() if fresh else registry.snapshot())
+    except DatabaseError as exc:
+        raise database_unavailable(exc) from exc
+    _database_back()
+    return snap
+
+
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other /v1 path: the JSON error shape, never Django's HTML page."""
+    return error_response(
+        404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url", type="invalid_request_error"
+    )
 
 
 # --- /v1/models ---------------------------------------------------------------------------------
@@ -227,7 +307,7 @@ async def handle_models(request: HttpRequest, model: str | None = None) -> HttpR
         if request.method != "GET":
             raise APIError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
         ctx = await authenticate(request)
-        snap = await registry.snapshot_fresh()
+        snap = await _snapshot(fresh=True)
         if model is not None:
             route = model_check(snap, ctx, model)
             payload: dict[str, Any] = _model_object(route)
@@ -253,18 +333,34 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
         ctx = await authenticate(request)
         raw = _read_body(request)
         parsed = parse_body(raw, chat=chat)
-        snap = await registry.snapshot()
+        snap = await _snapshot(fresh=False)
         try:
             route = model_check(snap, ctx, parsed.model)
         except APIError:
             # Refusals are rechecked against a fresh registry (a grant may be a moment old).
-            snap = await registry.snapshot_fresh()
+            snap = await _snapshot(fresh=True)
             route = model_check(snap, ctx, parsed.model)
         if not any(v.node_ids for v in route.versions):
             # No node for this model in this snapshot: look again before answering 503.
-            snap = await registry.snapshot_fresh()
+            snap = await _snapshot(fresh=True)
             route = snap.models.get(parsed.model, route)
-        reserve = parsed.prompt_estimate() + limits_check(parsed, ctx)
+        throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
+        if throttled:
+            TENANT_THROTTLED.labels(str(ctx.tenant_id)).inc()
+            raise APIError(
+                429,
+                "Too many of your recent requests failed at the inference nodes. Please try again later.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(max(1, math.ceil(throttled)))},
+            )
+        request_id = getattr(request, "request_id", None) or request_id_from(request)
+        # The real prompt size (the model's tokenizer and chat template): reservations must hold.
+        counted = await prompt_counter.count(
+            snap, route, parsed, SignedContext(ctx.tenant_id, ctx.key_id, "", client_request_id=request_id)
+        )
+        parsed.prompt_tokens = counted.tokens
+        reserve = parsed.prompt_estimate() + limits_check(parsed, ctx, counted)
         try:
             decision = await backend().admit(subjects_for(ctx), tokens=reserve)
         except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
@@ -281,7 +377,6 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
             raise rate_limit_error(decision)
     except APIError as exc:
         return await _error_with_headers(exc, ctx)
-    request_id = getattr(request, "request_id", None) or request_id_from(request)
     forward = _Forward(ctx, parsed, decision, request_id, request.path_info)
     return await forward.run(snap, route)
 
@@ -319,13 +414,16 @@ class _Forward:
         self.request_id = request_id
         self.path = path
         self.settled = False
+        self.attempt_id = ""
+        self.request_key = uuid.uuid4().hex  # this gateway request, whatever id the client sent
 
-    def _context(self, version: VersionRoute) -> SignedContext:
+    def _context(self, version: VersionRoute, attempt_id: str) -> SignedContext:
         tenant = self.ctx.tenant_limits
         return SignedContext(
             tenant=self.ctx.tenant_id,
             key=self.ctx.key_id,
-            request_id=self.request_id,
+            request_id=attempt_id,
+            client_request_id=self.request_id,
             weight=max(1, tenant.scheduling_weight),
             max_inflight=tenant.max_concurrent_requests or 0,
             max_queued=conf().node_max_queued,
@@ -351,6 +449,7 @@ class _Forward:
         for name, value in self.decision.headers().items():
             response[name] = value
         response["x-mmorch-model-version"] = version.version
+        response["x-mmorch-attempt-id"] = self.attempt_id
         return response
 
     async def run(self, snap: Snapshot, route: ModelRoute) -> HttpResponseBase:
@@ -358,25 +457,27 @@ class _Forward:
         tried: set[int] = set()
         upstream: aiohttp.ClientResponse | None = None
         picked: tuple[VersionRoute, NodeInfo] | None = None
-        for _attempt in range(2):  # the first node, then one retry elsewhere
+        server_errors: list[tuple[int, str]] = []  # nodes that answered this request with a 5xx
+        for _attempt in range(2):  # the first node, then one retry elsewhere (a new attempt, a new id)
             picked = registry.pick(snap, route, frozenset(tried))
             if picked is None:
                 break
             version, node = picked
             tried.add(node.id)
             registry.acquire(node.id)
+            self.attempt_id = attempt_id_new()
             try:
                 upstream = await upstream_client().open(
                     node.base_url,
                     self.path,
                     body,
-                    self._context(version),
+                    self._context(version, self.attempt_id),
                     secret=_secret(),
                     timeout=conf().upstream_timeout_s,
                 )
             except _RETRYABLE as exc:
                 registry.release(node.id)
-                registry.node_failed(node.id)
+                registry.node_failed(node.id, node.name)
                 logger.warning("gateway: node %s unreachable: %s", node.name, exc)
                 upstream = None
                 continue
@@ -387,15 +488,28 @@ class _Forward:
                 self.settle(self.decision.reserved)
                 raise
             if upstream.status >= 500:
+                # One request's 5xx never takes a node away: the breaker counts distinct requests.
                 registry.release(node.id)
-                registry.node_failed(node.id)
+                server_errors.append((node.id, node.name))
                 logger.warning("gateway: node %s answered %s", node.name, upstream.status)
                 upstream.close()
                 upstream = None
                 continue
+            # 2xx, and 4xx too: the node is fine, the client's input is not (passed on, never retried).
+            registry.node_answered(node.id)
+            # Another node could serve it, so those 5xx were the nodes' fault: the breakers count them.
+            for failed_id, failed_name in server_errors:
+                registry.node_server_error(failed_id, self.request_key, failed_name)
             break
         if upstream is None or picked is None:
             self.settle(0, refund_request=True)
+            if server_errors:
+                # Failing wherever it goes: the request is the likely cause, so the tenant is
+                # throttled and the nodes are not.
+                c = conf()
+                registry.tenant_throttle.failure(
+                    self.ctx.tenant_id, limit=c.tenant_failures_per_minute, block_s=c.tenant_throttle_s
+                )
             response = error_response(
                 503,
                 "No inference node can take this request right now. Please retry shortly.",

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
+from gateway.breaker import Breakers, TenantThrottle
 from gateway.conf import conf
+from gateway.metrics import NODE_BREAKER_OPENS
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class VersionRoute:
     version: str  # what the node is asked for (x-mmorch-model-version) and journals
     weight: int
     node_ids: tuple[int, ...]  # nodes that are up and serve this version
+    artifact: str = ""  # where the version's files are (a local directory lets the gateway count tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ def _snapshot_read() -> Snapshot:
                 version.version,
                 version.traffic_weight,
                 tuple(version_nodes.get(version.id, ())),
+                version.artifact_uri,
             )
         )
     models = {
@@ -111,8 +115,10 @@ class Registry:
         self._snapshot: Snapshot | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._first_load: asyncio.Lock | None = None
+        self._refresh_failing = False
         self.in_flight: dict[int, int] = {}
-        self._failed_until: dict[int, float] = {}
+        self.breakers = Breakers()
+        self.tenant_throttle = TenantThrottle()
         self._rng = random.Random()
 
     # --- snapshot -------------------------------------------------------------------------
@@ -149,8 +155,14 @@ class Registry:
     async def _refresh(self) -> None:
         try:
             await self._load_now()
-        except Exception:  # keep serving the last good snapshot
-            logger.exception("gateway: registry refresh failed")
+        except Exception:  # keep serving the last good snapshot; log once per outage
+            if not self._refresh_failing:
+                logger.exception("gateway: registry refresh failed; serving the last snapshot")
+            self._refresh_failing = True
+        else:
+            if self._refresh_failing:
+                logger.warning("gateway: registry refresh works again")
+            self._refresh_failing = False
 
     def invalidate(self) -> None:
         self._snapshot = None
@@ -159,11 +171,30 @@ class Registry:
         self._snapshot = snap
 
     # --- routing --------------------------------------------------------------------------
-    def node_failed(self, node_id: int) -> None:
-        self._failed_until[node_id] = time.monotonic() + conf().node_fail_cooldown_s
+    def node_failed(self, node_id: int, name: str = "") -> None:
+        """Unreachable or timed out: out of rotation for the cooldown, then one trial request."""
+        self.breakers.trip(node_id, conf().node_fail_cooldown_s)
+        NODE_BREAKER_OPENS.labels(name or str(node_id), "unreachable").inc()
+
+    def node_server_error(self, node_id: int, request_key: str, name: str = "") -> None:
+        """A 5xx to one request: counts towards the breaker, never opens it alone."""
+        c = conf()
+        opened = self.breakers.server_error(
+            node_id, request_key, threshold=c.node_breaker_failures, cooldown_s=c.node_fail_cooldown_s
+        )
+        if opened:
+            logger.warning(
+                "gateway: node %s answered 5xx to %d requests in a row; out of rotation",
+                name or node_id,
+                c.node_breaker_failures,
+            )
+            NODE_BREAKER_OPENS.labels(name or str(node_id), "server_errors").inc()
+
+    def node_answered(self, node_id: int) -> None:
+        self.breakers.success(node_id)
 
     def _usable(self, node_id: int, exclude: Iterable[int], now: float) -> bool:
-        return node_id not in exclude and self._failed_until.get(node_id, 0.0) <= now
+        return node_id not in exclude and self.breakers.usable(node_id)
 
     def pick(
         self, snap: Snapshot, model: ModelRoute, exclude: frozenset[int] = frozenset()
@@ -187,6 +218,7 @@ class Registry:
         fewest = min(self.in_flight.get(n, 0) for n in node_ids)
         least = [n for n in node_ids if self.in_flight.get(n, 0) == fewest]
         node_id = least[0] if len(least) == 1 else self._rng.choice(least)
+        self.breakers.attempt(node_id)
         return version, snap.nodes[node_id]
 
     def _by_weight(self, candidates: list[tuple[VersionRoute, list[int]]]) -> tuple[VersionRoute, list[int]]:

@@ -1,6 +1,6 @@
 """Mounted at /v1/ (the public API)."""
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, re_path
 
 from gateway import views
 
@@ -9,4 +9,6 @@ urlpatterns: list[URLPattern] = [
     path("completions", views.completions, name="v1-completions"),
     path("models", views.models, name="v1-models"),
     path("models/<path:model>", views.model_detail, name="v1-model-detail"),
+    # Last: any other /v1 path gets the JSON error shape, never Django's HTML 404.
+    re_path(r"^(?P<path>.*)$", views.unknown, name="v1-unknown"),
 ]

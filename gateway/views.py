@@ -27,3 +27,8 @@ async def models(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
     return await proxy.handle_models(request, model)
+
+
+@csrf_exempt
+async def unknown(request: HttpRequest, path: str) -> HttpResponse:
+    return proxy.not_found(request, path)

@@ -25,11 +25,12 @@ from inference.engine.base import Engine
 from inference.errors import APIError
 from inference.journal import Journal
 from inference.metrics import Metrics
+from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
 from wire.context import SignedContext
 from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
-from wire.signing import SignatureError, verify_signature
+from wire.signing import HEADER_SIGNATURE, SignatureError, verify_signature
 
 logger = logging.getLogger("inference.app")
 
@@ -109,6 +110,7 @@ class Node:
     registry: ModelRegistry
     serving: OpenAIServing
     engines: list[Engine]
+    replays: ReplayCache
     loop: asyncio.AbstractEventLoop | None = None
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - the drain deadline is configuration
@@ -190,6 +192,7 @@ def build_node(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         registry=registry,
         serving=serving,
         engines=engines,
+        replays=ReplayCache(window_s=config.signature_max_skew_s, capacity=config.replay_cache_size),
     )
 
 
@@ -201,13 +204,26 @@ def _signed_path(request: Request) -> str:
 
 async def _authenticate(request: Request, node: Node, body: bytes) -> SignedContext:
     try:
-        return verify_signature(
-            node.config.shared_secrets, request.method, _signed_path(request), body, request.headers
+        ctx = verify_signature(
+            node.config.shared_secrets,
+            request.method,
+            _signed_path(request),
+            body,
+            request.headers,
+            max_skew=node.config.signature_max_skew_s,
         )
     except SignatureError as exc:
         raise APIError(
             401, f"invalid request signature: {exc}", type="authentication_error", code="invalid_signature"
         ) from None
+    # Each signed attempt is served once: the same signed bytes sent again are a replay. Without
+    # an id the signature itself names the attempt (it covers the timestamp and the body).
+    attempt = ctx.request_id or request.headers.get(HEADER_SIGNATURE, "")
+    if not node.replays.first_use(attempt):
+        raise APIError(
+            401, "invalid request signature: replayed request", type="authentication_error", code="replayed_request"
+        )
+    return ctx
 
 
 async def _read_body(request: Request, node: Node) -> bytes:
@@ -323,6 +339,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
                 headers = {"x-request-id": gen.ticket.request_id, "x-mmorch-model-version": gen.model.version}
                 echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
                 if body.stream:
+                    gen.streaming = True
                     handed_off = True
                     stream = node.serving.stream(gen, chat=chat, include_usage=body.include_usage(), echo=echo)
                     return SSEResponse(stream, on_close=_stream_closed(gen), headers=headers)
@@ -351,6 +368,25 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await _openai(request, node.serving.start_completion, CompletionRequest)
+
+    @app.post("/v1/tokenize")
+    async def tokenize(request: Request) -> Response:
+        # A chat or completions body: the gateway asks when it has no tokenizer of its own.
+        body_bytes = await _read_body(request, node)
+        ctx = await _authenticate(request, node, body_bytes)
+        try:
+            raw = orjson.loads(body_bytes)
+        except orjson.JSONDecodeError:
+            raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+        try:
+            body: ChatCompletionRequest | CompletionRequest = (
+                parse_body(ChatCompletionRequest, body_bytes)
+                if isinstance(raw, dict) and "messages" in raw
+                else parse_body(CompletionRequest, body_bytes)
+            )
+        except RequestInvalid as exc:
+            raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+        return JSONBytes(node.serving.tokenize(ctx, body))
 
     @app.get("/internal/usage")
     async def internal_usage(request: Request) -> Response:

@@ -63,6 +63,10 @@ class NodeConfig(BaseModel):
     journal_path: Path = Path("var/inference/journal.sqlite3")
     journal_retention_days: float = Field(default=30.0, gt=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    signature_max_skew_s: int = Field(
+        default=15, ge=1, le=300, description="how old (or early) a signed request may be; replays inside are refused"
+    )
+    replay_cache_size: int = Field(default=200_000, ge=1, description="signed attempt ids remembered at most")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # /metrics asks for this bearer token; without one it answers 404 unless metrics_public is set
     # (the node has no development mode of its own, so open metrics are a choice, not a default).
@@ -109,6 +113,8 @@ NODE_ENV = {
     "INFERENCE_JOURNAL_PATH": "journal_path",
     "INFERENCE_JOURNAL_RETENTION_DAYS": "journal_retention_days",
     "INFERENCE_MAX_BODY_BYTES": "max_body_bytes",
+    "INFERENCE_SIGNATURE_MAX_SKEW_S": "signature_max_skew_s",
+    "INFERENCE_REPLAY_CACHE_SIZE": "replay_cache_size",
     "INFERENCE_LOG_LEVEL": "log_level",
     "INFERENCE_METRICS_TOKEN": "metrics_token",
     "INFERENCE_METRICS_PUBLIC": "metrics_public",

@@ -14,11 +14,15 @@ import tempfile
 from pathlib import Path
 
 # Bump when the recipe changes so cached copies are rebuilt.
-DEMO_MODEL_REVISION = "3"
+DEMO_MODEL_REVISION = "4"
 MARKER = "demo_model_revision.txt"
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+# Like real templates it refuses what it cannot render: a conversation may not open with the
+# assistant (raise_exception, as Hugging Face templates do).
 CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'assistant' %}"
+    "{{ raise_exception('Conversations must not start with an assistant message.') }}{% endif %}"
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS usage (
     duration_ms REAL NOT NULL,
     started_at TEXT NOT NULL,
     finished_at TEXT NOT NULL,
-    finished_ts REAL NOT NULL
+    finished_ts REAL NOT NULL,
+    client_request_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS usage_finished_ts ON usage (finished_ts);
 """
@@ -45,6 +46,7 @@ CREATE INDEX IF NOT EXISTS usage_finished_ts ON usage (finished_ts);
 # The record's fields as stored; `seq` is the row id and `version` is the wire shape's, not stored.
 COLUMNS = (
     "request_id",
+    "client_request_id",
     "tenant",
     "key",
     "model",
@@ -80,6 +82,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Journals written before attempt ids had no client id column: its rows read as their own."""
+    names = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    if "client_request_id" not in names:
+        conn.execute("ALTER TABLE usage ADD COLUMN client_request_id TEXT NOT NULL DEFAULT ''")
+
+
 class Journal:
     def __init__(self, path: str | Path, *, retention_days: float = 30.0) -> None:
         self.path = Path(path)
@@ -96,6 +105,7 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(SCHEMA)
+        _upgrade(conn)
         conn.close()
         self.prune()
         self._thread = threading.Thread(target=self._writer, name="usage-journal", daemon=True)
@@ -165,7 +175,7 @@ class Journal:
             for record, _ in batch:
                 values = [getattr(record, c) for c in COLUMNS]
                 # The columns predate integer ids (TEXT, "" for no key); readers convert back.
-                values[2] = "" if record.key is None else str(record.key)
+                values[3] = "" if record.key is None else str(record.key)
                 cursor = conn.execute(insert, (*values, _finished_ts(record)))
                 seqs.append(int(cursor.lastrowid or 0))
             conn.execute("COMMIT")

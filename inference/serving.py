@@ -21,6 +21,7 @@ from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
 from wire.context import SignedContext
+from wire.prompt import PromptRejected
 from wire.protocol import ChatCompletionRequest, CompletionRequest
 from wire.usage import JournalRecord, Outcome
 
@@ -90,6 +91,7 @@ class Generation:
     finish_reason: Outcome | None = None
     recorded: bool = False
     closed: bool = False
+    streaming: bool = False  # tokens reach the client as they come
     text_parts: list[str] = field(default_factory=list)
 
     async def outputs(self) -> AsyncIterator[EngineOutput]:
@@ -141,14 +143,18 @@ class Generation:
 
     def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
+        # An attempt our engine failed before the client got a byte of it (no token yet, or a
+        # non-streaming answer that became a 500) is journaled but costs nothing.
+        free = outcome == "error" and (self.first_token is None or not self.streaming)
         return JournalRecord(
-            request_id=self.ticket.request_id,  # the gateway's id, or one made here when it sent none
+            request_id=self.ticket.request_id,  # the attempt's id from the gateway, or one made here
+            client_request_id=self.ctx.client_request_id or self.ticket.request_id,
             tenant=self.ctx.tenant,
             key=self.ctx.key,
             model=self.model.name,
             model_version=self.model.version,
-            prompt_tokens=len(self.request.prompt_ids),
-            completion_tokens=self.completion_tokens,
+            prompt_tokens=0 if free else len(self.request.prompt_ids),
+            completion_tokens=0 if free else self.completion_tokens,
             outcome=outcome,
             queue_ms=round((self.dispatched - self.arrival) * 1000, 3),
             ttft_ms=None if self.first_token is None else round((self.first_token - self.arrival) * 1000, 3),
@@ -261,18 +267,43 @@ class OpenAIServing:
             labels=labels,
         )
 
-    async def start_chat(self, ctx: SignedContext, body: ChatCompletionRequest) -> Generation:
-        served = self.registry.resolve(body.model, ctx.model_version)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt_ids = served.engine.encode_chat(messages)
-        return await self._admit(ctx, served, prompt_ids, body.requested_max_tokens(), body)
-
-    async def start_completion(self, ctx: SignedContext, body: CompletionRequest) -> Generation:
-        served = self.registry.resolve(body.model, ctx.model_version)
+    def prompt_ids(self, served: ServedModel, body: ChatCompletionRequest | CompletionRequest) -> list[int]:
+        """The request's prompt as the engine will run it; the client's faults are 400s."""
+        if isinstance(body, ChatCompletionRequest):
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            try:
+                return served.engine.encode_chat(messages)
+            except PromptRejected as exc:
+                raise APIError(
+                    400,
+                    f"This model's chat template refuses these messages: {exc}",
+                    param="messages",
+                    code="invalid_value",
+                ) from None
         prompt_ids = served.engine.encode(body.prompt_text())
         if not prompt_ids:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
-        return await self._admit(ctx, served, prompt_ids, body.requested_max_tokens(), body)
+        return prompt_ids
+
+    def tokenize(self, ctx: SignedContext, body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        """`POST /v1/tokenize`: the prompt's token count, by exactly the code generation uses."""
+        served = self.registry.resolve(body.model, ctx.model_version)
+        count = len(self.prompt_ids(served, body))
+        return {
+            "model": served.name,
+            "model_version": served.version,
+            "count": count,
+            "context_length": served.engine.context_length,
+            "max_tokens": served.max_tokens,
+        }
+
+    async def start_chat(self, ctx: SignedContext, body: ChatCompletionRequest) -> Generation:
+        served = self.registry.resolve(body.model, ctx.model_version)
+        return await self._admit(ctx, served, self.prompt_ids(served, body), body.requested_max_tokens(), body)
+
+    async def start_completion(self, ctx: SignedContext, body: CompletionRequest) -> Generation:
+        served = self.registry.resolve(body.model, ctx.model_version)
+        return await self._admit(ctx, served, self.prompt_ids(served, body), body.requested_max_tokens(), body)
 
     # -- responses -------------------------------------------------------------------------------
 

@@ -141,12 +141,17 @@ def journal_record(
     outcome: Outcome = "stop",
     at: datetime | None = None,
     request_id: str | None = None,
+    client_request_id: str = "",
 ) -> dict[str, Any]:
-    """One record in the inference plane's journal format, as a page carries it."""
+    """One record in the inference plane's journal format, as a page carries it.
+
+    `request_id` is the attempt's id; `client_request_id` the client's ("" reads as the same).
+    """
     started = at or datetime.now(UTC)
     return JournalRecord(
         seq=next(_journal_seq),
         request_id=request_id or f"req-{uuid.uuid4().hex}",
+        client_request_id=client_request_id,
         tenant=tenant if isinstance(tenant, int) else tenant.pk,
         key=key,
         model=model,

@@ -13,6 +13,7 @@ HEADER_MAX_INFLIGHT = "x-mmorch-max-inflight"
 HEADER_MAX_QUEUED = "x-mmorch-max-queued"
 HEADER_PRIORITY = "x-mmorch-priority"
 HEADER_MODEL_VERSION = "x-mmorch-model-version"
+HEADER_CLIENT_REQUEST_ID = "x-mmorch-client-request-id"
 
 # Order matters: it is part of the canonical string both sides sign.
 CONTEXT_HEADERS: tuple[str, ...] = (
@@ -24,6 +25,7 @@ CONTEXT_HEADERS: tuple[str, ...] = (
     HEADER_MAX_QUEUED,
     HEADER_PRIORITY,
     HEADER_MODEL_VERSION,
+    HEADER_CLIENT_REQUEST_ID,
 )
 
 
@@ -36,7 +38,9 @@ class SignedContext:
     """Who a request is for and the limits the gateway wants enforced (0 = no cap).
 
     `tenant` is the tenant's id (0 for the control plane's own calls, e.g. a journal pull) and
-    `key` the API key's id, None when no key is involved.
+    `key` the API key's id, None when no key is involved. `request_id` names this attempt (unique:
+    the journal and the ledger key on it); `client_request_id` is the client's `x-request-id`, kept
+    for correlation only ("" when it is the attempt's own).
     """
 
     tenant: int
@@ -47,6 +51,7 @@ class SignedContext:
     max_queued: int = 0
     priority: int = 0
     model_version: str = ""
+    client_request_id: str = ""
 
     def header_values(self) -> dict[str, str]:
         return {
@@ -58,6 +63,7 @@ class SignedContext:
             HEADER_MAX_QUEUED: str(self.max_queued),
             HEADER_PRIORITY: str(self.priority),
             HEADER_MODEL_VERSION: self.model_version,
+            HEADER_CLIENT_REQUEST_ID: self.client_request_id,
         }
 
     @classmethod
@@ -73,6 +79,7 @@ class SignedContext:
             max_queued=_int_header(headers, HEADER_MAX_QUEUED, minimum=0),
             priority=_int_header(headers, HEADER_PRIORITY, minimum=-(2**31)),
             model_version=headers.get(HEADER_MODEL_VERSION, ""),
+            client_request_id=headers.get(HEADER_CLIENT_REQUEST_ID, ""),
         )
 
 

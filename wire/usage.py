@@ -3,6 +3,10 @@
 A node appends one `JournalRecord` per request that reached its engine and serves them in
 `JournalPage`s on `GET /internal/usage?after=&limit=`. `version` names the record's shape so a
 reader can refuse a shape it does not know instead of mis-billing it.
+
+Version 2 keys a record on the attempt's own id (`request_id`, unique per attempt) and carries
+the client's id beside it (`client_request_id`); version 1 had only the client's id, which is
+read as both.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-JOURNAL_RECORD_VERSION = 1
+JOURNAL_RECORD_VERSION = 2
+# Versions this reader understands; an older one is read into the current shape.
+JOURNAL_RECORD_VERSIONS = frozenset({1, 2})
 
 Outcome = Literal["stop", "length", "aborted", "error"]
 
@@ -29,7 +35,8 @@ class JournalRecord(BaseModel):
 
     version: int = JOURNAL_RECORD_VERSION
     seq: int = Field(default=0, ge=0)  # given by the journal when written; 0 before
-    request_id: str = Field(min_length=1)
+    request_id: str = Field(min_length=1)  # the attempt's id: unique, what usage is keyed on
+    client_request_id: str = ""  # the client's x-request-id, for correlation only
     tenant: int = Field(ge=0)  # the tenant's id
     key: int | None = None  # the API key's id
     model: str = Field(min_length=1)
@@ -42,6 +49,14 @@ class JournalRecord(BaseModel):
     duration_ms: float = Field(ge=0)
     started_at: str  # ISO 8601, UTC
     finished_at: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_id(cls, data: Any) -> Any:
+        # Version 1 knew only one id (the client's); an empty client id means "the attempt's own".
+        if isinstance(data, Mapping) and not data.get("client_request_id"):
+            return {**data, "client_request_id": data.get("request_id") or ""}
+        return data
 
     @field_validator("key", mode="before")
     @classmethod
@@ -86,11 +101,13 @@ class JournalPage(BaseModel):
             if not isinstance(raw, Mapping):
                 rejected.append(RejectedRecord(request_id=None, reason="a record must be an object"))
                 continue
-            version = raw.get("version", JOURNAL_RECORD_VERSION)
-            if version != JOURNAL_RECORD_VERSION:
-                raise UnknownRecordVersion(f"journal record version {version!r} is not {JOURNAL_RECORD_VERSION}")
+            version = raw.get("version", 1)
+            if version not in JOURNAL_RECORD_VERSIONS:
+                known = ", ".join(str(v) for v in sorted(JOURNAL_RECORD_VERSIONS))
+                raise UnknownRecordVersion(f"journal record version {version!r} is not one of {known}")
             try:
-                records.append(JournalRecord.model_validate(raw))
+                # Read into the current shape (an old record gains the fields it lacked).
+                records.append(JournalRecord.model_validate({**raw, "version": JOURNAL_RECORD_VERSION}))
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(part) for part in first["loc"])

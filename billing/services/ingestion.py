@@ -1,7 +1,8 @@
 """Pulling every node's usage journal into the ledger.
 
 Per node: fetch a page after the stored cursor (outside any transaction), then in one
-transaction lock the cursor row, insert the page (duplicates ignored on `request_id`), add the
+transaction lock the cursor row, insert the page (duplicates ignored on `request_id`, the
+attempt's own id: unique per attempt, so only a record fetched twice is ever dropped), add the
 inserted rows to the rollups and move the cursor. A crash between fetch and commit leaves the
 cursor where it was; the next run fetches the same page and the unique request id drops repeats.
 """
@@ -62,6 +63,7 @@ class LedgerEntry:
     """One new ledger row (`billing_usagerecord`); the field names are its columns."""
 
     request_id: str
+    client_request_id: str
     tenant_id: int
     key_id: int | None
     model_name: str
@@ -123,6 +125,7 @@ def _ledger_entry(record: JournalRecord, price: AppliedPrice, *, node_name: str,
     started = _as_time(record.started_at)
     return LedgerEntry(
         request_id=record.request_id,
+        client_request_id=(record.client_request_id or record.request_id)[:128],
         tenant_id=record.tenant,
         key_id=record.key,
         model_name=record.model,
@@ -153,6 +156,7 @@ def usage_cost(prompt_tokens: int, completion_tokens: int, input_per_1m: Decimal
 
 _PG_TYPES = {
     "request_id": "varchar(128)",
+    "client_request_id": "varchar(128)",
     "tenant_id": "bigint",
     "key_id": "bigint",
     "model_name": "varchar(200)",

@@ -26,6 +26,7 @@ from inference.engine.base import (
     FinishReason,
     IncrementalDetokenizer,
 )
+from wire.prompt import chat_prompt_ids, text_prompt_ids
 
 logger = logging.getLogger("inference.engine.torch")
 
@@ -147,17 +148,11 @@ class TorchEngine(Engine):
     # -- tokenizer -------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = self._tokenizer(text, add_special_tokens=True)["input_ids"]
-        return ids
+        return text_prompt_ids(self._tokenizer, text)
 
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        if getattr(self._tokenizer, "chat_template", None):
-            text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-            ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
-            return ids
-        # No template: a plain transcript, so base models still answer.
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return self.encode(text)
+        # Raises PromptRejected when the chat template refuses the messages.
+        return chat_prompt_ids(self._tokenizer, messages)
 
     # -- requests --------------------------------------------------------------------------------
 

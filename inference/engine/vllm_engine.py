@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.engine.base import Engine, EngineError, EngineOutput, EngineRequest
+from wire.prompt import PromptRejected
 
 if TYPE_CHECKING:
     from inference.config import EngineOptions
@@ -63,7 +64,10 @@ class VLLMEngine(Engine):
         return ids
 
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        try:
+            text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # the template refused the client's messages
+            raise PromptRejected(str(exc) or type(exc).__name__) from exc
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False)
         return ids
 

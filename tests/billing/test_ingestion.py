@@ -256,3 +256,44 @@ def test_rollups_rebuild_command() -> None:
     assert "rollup rows written: 2" in out.getvalue()
     day = UsageRollup.objects.get(bucket=Bucket.DAY)
     assert (day.input_tokens, day.output_tokens, day.requests) == (7, 3, 1)
+
+
+def test_attempts_sharing_a_client_id_are_each_billed(settings: Any) -> None:
+    """A reused x-request-id never makes two requests one, nor swallows another tenant's usage."""
+    settings.INFERENCE_SHARED_SECRET = SECRET
+    mine, theirs = factories.tenant(), factories.tenant()
+    journal = Journal(SECRET)
+    for i in range(5):
+        journal.append(**journal_record(mine, prompt=3, completion=4, request_id=f"att-{i}", client_request_id="same"))
+    journal.append(**journal_record(theirs, prompt=2, completion=2, request_id="att-t", client_request_id="same"))
+    # A version 1 record (one id, the client's) from a node not yet upgraded.
+    legacy = {**journal_record(mine, prompt=1, completion=1, request_id="old-id"), "version": 1}
+    del legacy["client_request_id"]
+    journal.append(**legacy)
+    with journal_server(journal) as url:
+        result = usage_ingest_node(_node("node-c", url))
+        assert result.inserted == 7
+        assert usage_ingest_node(_node("node-c", url)).inserted == 0  # fetched again: nothing twice
+    rows = UsageRecord.objects.filter(client_request_id="same")
+    assert rows.count() == 6
+    assert _ledger_sums()[mine.id] == (5 * 3 + 1, 5 * 4 + 1, 6)
+    assert _ledger_sums()[theirs.id] == (2, 2, 1)
+    assert UsageRecord.objects.get(request_id="old-id").client_request_id == "old-id"
+
+
+def test_the_migration_gives_existing_rows_their_own_id_as_client_id() -> None:
+    import importlib
+
+    from django.apps import apps as global_apps
+    from django.db import connection
+
+    migration = importlib.import_module("billing.migrations.0003_usage_client_request_id")
+    tenant = factories.tenant()
+    ledger_add([journal_record(tenant, request_id="before-1"), journal_record(tenant, request_id="before-2")])
+    UsageRecord.objects.filter(tenant=tenant).update(client_request_id="")  # as the column was added
+    with connection.schema_editor() as editor:
+        migration.client_ids_fill(global_apps, editor)
+    assert dict(UsageRecord.objects.filter(tenant=tenant).values_list("request_id", "client_request_id")) == {
+        "before-1": "before-1",
+        "before-2": "before-2",
+    }

@@ -73,8 +73,9 @@ def client_for(server: ControlPlane, raw: str) -> openai.OpenAI:
 
 
 def journal(node: InferenceNode) -> dict[str, dict[str, Any]]:
+    """The node's records by the client's request id (each test sends its own ids)."""
     page = usage_pull(node.base_url, node.secret, after=0, limit=1000)
-    return {r["request_id"]: r for r in page["records"]}
+    return {r["client_request_id"]: r for r in page["records"]}
 
 
 def raw_get(url: str, raw: str) -> tuple[int, dict[str, str], bytes]:
@@ -155,12 +156,16 @@ def test_models_lists_exactly_the_allowed_models(server: ControlPlane, node: Inf
     gw.model_create(name="ungranted", actor=ACTOR)
     client = client_for(server, world.raw)
     assert [m.id for m in client.models.list()] == ["demo-llama"]
-    with pytest.raises(openai.PermissionDeniedError) as denied:
+    # Another tenant's model looks exactly like one that does not exist.
+    with pytest.raises(openai.NotFoundError) as denied:
         client.chat.completions.create(model="globex-private", messages=[{"role": "user", "content": "x"}])
-    assert denied.value.code == "permission_denied"
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
-    assert missing.value.code == "model_not_found"
+    assert missing.value.code == "model_not_found" and denied.value.code == "model_not_found"
+    assert denied.value.param == missing.value.param == "model"
+    assert str(denied.value.message).replace("globex-private", "M") == str(missing.value.message).replace(
+        "no-such-model", "M"
+    )
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="demo-llama", messages=[{"role": "user", "content": "x"}], n=2)
     assert bad.value.param == "n"
@@ -233,3 +238,34 @@ def test_quota_over_http_and_readiness(server: ControlPlane, node: InferenceNode
     assert orjson.loads(response.content)["error"]["code"] == "rate_limit_exceeded"
     with urllib.request.urlopen(server.base_url + "/readyz", timeout=5) as ready:
         assert orjson.loads(ready.read())["checks"]["inference_nodes"] == "ok"
+
+
+def test_a_reused_request_id_bills_every_request_and_only_its_own_tenant(
+    server: ControlPlane, node: InferenceNode, settings: Any
+) -> None:
+    from billing.models import UsageRecord
+    from billing.services.ingestion import usage_ingest_node
+
+    settings.INFERENCE_SHARED_SECRET = DEFAULT_SECRET
+    world = make_world(node.base_url)
+    other = factories.tenant()
+    _, other_raw = factories.inference_key(other)
+    gw.model_grant_create(tenant=other, model=world.version.model, actor=ACTOR)
+    time.sleep(REGISTRY_REFRESH_S * 1.5)
+    rid = f"e2e-reused-{uuid.uuid4().hex}"
+    messages = [{"role": "user", "content": "hi"}]
+    for raw in [world.raw] * 5 + [other_raw]:
+        reply = client_for(server, raw).chat.completions.with_raw_response.create(
+            model="demo-llama", messages=messages, max_tokens=2, extra_headers={"x-request-id": rid}
+        )
+        assert reply.headers["x-request-id"] == rid
+    page = usage_pull(node.base_url, node.secret, after=0, limit=10000)
+    mine = [r for r in page["records"] if r["client_request_id"] == rid]
+    assert len(mine) == 6 and len({r["request_id"] for r in mine}) == 6  # six attempts, six ids
+    registered = gw.node_register(
+        name="node-a", base_url=node.base_url, versions=[world.version], state=NodeState.UP, actor=ACTOR
+    )
+    usage_ingest_node(registered)
+    rows = UsageRecord.objects.filter(client_request_id=rid)
+    assert rows.filter(tenant=world.tenant).count() == 5
+    assert rows.filter(tenant=other).count() == 1

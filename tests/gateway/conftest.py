@@ -13,6 +13,7 @@ from django.conf import settings as django_settings
 
 from gateway import proxy, quota
 from gateway.registry import registry
+from gateway.tokens import prompt_counter
 from tenants import services as tenant_services
 from tests.gateway.fakenode import FakeNode
 
@@ -34,7 +35,9 @@ def _fresh_state() -> Iterator[None]:
     tenant_services.key_cache_reset()
     registry.invalidate()
     registry.in_flight.clear()
-    registry._failed_until.clear()
+    registry.breakers.reset()
+    registry.tenant_throttle.reset()
+    prompt_counter.reset()
     yield
     tenant_services.key_cache_reset()
     registry.invalidate()

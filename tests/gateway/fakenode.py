@@ -29,11 +29,13 @@ class Seen:
 @dataclass
 class FakeNode:
     secret: str
-    mode: str = "ok"  # ok | error500 | hang_stream
+    mode: str = "ok"  # ok | error500 | error400 | hang_stream
     seen: list[Seen] = field(default_factory=list)
     aborted: int = 0
     runner: web.AppRunner | None = None
     url: str = ""
+    # When set, usage reports the prompt as this tokenizer and its chat template make it (as a real node).
+    tokenizer: Any = None
 
     async def start(self) -> FakeNode:
         app = web.Application()
@@ -52,6 +54,14 @@ class FakeNode:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def _count(self, body: dict[str, Any]) -> int:
+        from wire.prompt import chat_prompt_ids, message_text, text_prompt_ids
+
+        if "messages" in body:
+            messages = [{"role": m["role"], "content": message_text(m.get("content"))} for m in body["messages"]]
+            return len(chat_prompt_ids(self.tokenizer, messages))
+        return len(text_prompt_ids(self.tokenizer, body["prompt"]))
+
     async def _ready(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ready"})
 
@@ -67,12 +77,16 @@ class FakeNode:
         self.seen.append(Seen(request.path, {k.lower(): v for k, v in request.headers.items()}, body))
         if self.mode == "error500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        if self.mode == "error400":
+            error = {"message": "bad roles", "type": "invalid_request_error", "param": "messages", "code": None}
+            return web.json_response({"error": error}, status=400)
         chat = request.path.endswith("chat/completions")
         words = REPLY_WORDS[: body.get("max_tokens") or len(REPLY_WORDS)]
+        prompt_tokens = PROMPT_TOKENS if self.tokenizer is None else self._count(body)
         usage = {
-            "prompt_tokens": PROMPT_TOKENS,
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": len(words),
-            "total_tokens": PROMPT_TOKENS + len(words),
+            "total_tokens": prompt_tokens + len(words),
         }
         rid = ctx.request_id
         if not body.get("stream"):

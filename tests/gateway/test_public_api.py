@@ -56,7 +56,9 @@ async def test_chat_completion_is_forwarded_with_signed_context(
     assert seen.headers["x-mmorch-key"] == str(world.key.id)
     assert seen.headers["x-mmorch-weight"] == "3"
     assert seen.headers["x-mmorch-model-version"] == "v1"
-    assert seen.headers["x-request-id"] == "req-abc-123"
+    # The client's id travels beside the attempt's own id (what the journal and the ledger key on).
+    assert seen.headers["x-mmorch-client-request-id"] == "req-abc-123"
+    assert seen.headers["x-request-id"] == response["x-mmorch-attempt-id"] != "req-abc-123"
     assert seen.body["messages"] == CHAT["messages"]
 
 
@@ -160,8 +162,10 @@ async def test_key_allow_list_narrows_models(fake_node: FakeNode, world_factory:
     await world_factory(fake_node.url, model_name="other-model")
     world: World = await world_factory(fake_node.url, allowed_models=("other-model",))
     response = await post(AsyncClient(), world, CHAT)
-    assert response.status_code == 403
-    assert error_of(response)["code"] == "permission_denied"
+    missing = await post(AsyncClient(), world, {**CHAT, "model": "no-such-model"})
+    assert response.status_code == missing.status_code == 404
+    assert error_of(response)["code"] == "model_not_found" and error_of(response)["param"] == "model"
+    assert error_of(response)["message"] == error_of(missing)["message"].replace("no-such-model", "demo-llama")
     listed = await AsyncClient().get("/v1/models", headers=world.auth)
     assert orjson.loads(listed.content)["data"] == []  # other-model is not granted to this tenant
     assert fake_node.seen == []
@@ -171,11 +175,15 @@ async def test_cross_tenant_model_is_refused(fake_node: FakeNode, world_factory:
     mine: World = await world_factory(fake_node.url)
     await world_factory(fake_node.url, model_name="b-private")
     response = await post(AsyncClient(), mine, {**CHAT, "model": "b-private"})
-    assert response.status_code == 403
+    missing = await post(AsyncClient(), mine, {**CHAT, "model": "b-missing"})
+    assert response.status_code == missing.status_code == 404
     err = error_of(response)
-    assert err["code"] == "permission_denied" and err["param"] == "model"
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert err == {**error_of(missing), "message": error_of(missing)["message"].replace("b-missing", "b-private")}
     detail = await AsyncClient().get("/v1/models/b-private", headers=mine.auth)
-    assert detail.status_code == 403
+    detail_missing = await AsyncClient().get("/v1/models/b-missing", headers=mine.auth)
+    assert detail.status_code == detail_missing.status_code == 404
+    assert error_of(detail)["code"] == "model_not_found"
     assert fake_node.seen == []
 
 
@@ -444,11 +452,12 @@ async def test_failover_to_another_node_then_503(world_factory: Any, quota_backe
             response = await post(client, world, CHAT)
             assert response.status_code == 200
         assert len(healthy.seen) == 4
-        assert len(broken.seen) <= 1  # tried at most once, then skipped for a while
+        # One request's 5xx never takes a node away; the breaker opens after 3 distinct requests.
+        assert len(broken.seen) <= settings.GATEWAY_NODE_BREAKER_FAILURES
         await healthy.stop()
         from gateway.registry import registry
 
-        registry._failed_until.clear()
+        registry.breakers.reset()
         response = await post(client, world, {**CHAT, "max_tokens": 300})
         assert response.status_code == 503
         err = error_of(response)
@@ -467,3 +476,149 @@ async def test_failover_to_another_node_then_503(world_factory: Any, quota_backe
         await proxy.upstream_client_close()
         await broken.stop()
         await healthy.stop()
+
+
+# --- attempts, poison requests and throttling ------------------------------------------------------
+async def test_a_reused_request_id_gives_every_attempt_its_own_id(
+    fake_node: FakeNode, world_factory: Any, quota_backend: Any
+) -> None:
+    world: World = await world_factory(fake_node.url)
+    client = AsyncClient()
+    for _ in range(5):
+        response = await post(client, world, CHAT, **{"x-request-id": "same-id"})
+        assert response.status_code == 200
+        assert response["x-request-id"] == "same-id"  # the client's id is still echoed
+    attempts = [seen.headers["x-request-id"] for seen in fake_node.seen]
+    assert len(set(attempts)) == 5 and "same-id" not in attempts
+    assert all(len(a) == 36 and a[14] == "7" for a in attempts)  # UUIDv7: sortable by time
+    assert attempts == sorted(attempts)
+    assert {seen.headers["x-mmorch-client-request-id"] for seen in fake_node.seen} == {"same-id"}
+
+
+async def _two_nodes(world_factory: Any, settings: Any, first: str, second: str) -> tuple[World, FakeNode, FakeNode]:
+    secret = settings.INFERENCE_SHARED_SECRET.split(",")[0]
+    a = await FakeNode(secret=secret, mode=first).start()
+    b = await FakeNode(secret=secret, mode=second).start()
+    world: World = await world_factory(a.url)
+
+    def second_node() -> None:
+        from gateway import services
+        from tests import factories
+
+        services.node_register(
+            name="node-b", base_url=b.url, versions=[world.version], state="up", actor=factories.SYSTEM
+        )
+
+    await sync_to_async(second_node)()
+    return world, a, b
+
+
+async def test_a_4xx_from_the_node_is_passed_on_and_never_retried(
+    world_factory: Any, quota_backend: Any, settings: Any
+) -> None:
+    world, a, b = await _two_nodes(world_factory, settings, "error400", "error400")
+    try:
+        client = AsyncClient()
+        for _ in range(8):
+            response = await post(client, world, CHAT)
+            assert response.status_code == 400
+            assert error_of(response)["param"] == "messages"
+        assert len(a.seen) + len(b.seen) == 8  # each request went to exactly one node
+        from gateway.registry import registry
+
+        assert registry.breakers.state(world.node.id) == "closed"
+        a.mode = b.mode = "ok"
+        assert (await post(client, world, CHAT)).status_code == 200  # no throttle for client errors
+    finally:
+        from gateway import proxy
+
+        await proxy.upstream_client_close()
+        await a.stop()
+        await b.stop()
+
+
+async def test_poison_requests_throttle_the_tenant_not_the_nodes(
+    world_factory: Any, quota_backend: Any, settings: Any
+) -> None:
+    settings.GATEWAY_TENANT_FAILURES_PER_MINUTE = 3
+    settings.GATEWAY_NODE_FAIL_COOLDOWN_S = 60
+    world, a, b = await _two_nodes(world_factory, settings, "error500", "ok")
+    try:
+        client = AsyncClient()
+        # One node answers 5xx: requests are retried on the other, and after 3 distinct
+        # requests failing in a row that node's breaker opens.
+        for _ in range(30):
+            assert (await post(client, world, CHAT)).status_code == 200
+        from gateway.registry import registry
+
+        assert registry.breakers.state(world.node.id) == "open"
+        assert len(a.seen) == 3  # opened on the third, then skipped
+        registry.breakers.reset()
+        # Now every node fails this tenant's requests: 3 failures in a minute, then 429.
+        b.mode = "error500"
+        for _ in range(3):
+            assert (await post(client, world, CHAT)).status_code == 503
+        throttled = await post(client, world, CHAT)
+        assert throttled.status_code == 429 and error_of(throttled)["code"] == "rate_limit_exceeded"
+        assert int(throttled["retry-after"]) >= 1
+        # The nodes were never opened by these: they failed everywhere, so the request was the cause.
+        assert registry.breakers.usable(world.node.id)
+    finally:
+        from gateway import proxy
+
+        await proxy.upstream_client_close()
+        await a.stop()
+        await b.stop()
+
+
+# --- never HTML -------------------------------------------------------------------------------------
+async def test_unknown_paths_and_wrong_methods_answer_the_json_error_shape(
+    fake_node: FakeNode, world_factory: Any, quota_backend: Any
+) -> None:
+    world: World = await world_factory(fake_node.url)
+    client = AsyncClient()
+    for response in (
+        await client.get("/v1/no-such-thing", headers=world.auth),
+        await client.post("/v1/embeddings/x", data=b"{}", content_type="application/json", headers=world.auth),
+    ):
+        assert response.status_code == 404 and response["content-type"] == "application/json"
+        assert error_of(response)["code"] == "unknown_url"
+    wrong = await client.get("/v1/chat/completions", headers=world.auth)
+    assert wrong.status_code == 405 and error_of(wrong)["code"] == "method_not_allowed"
+    wrong = await client.post("/v1/models", data=b"{}", content_type="application/json", headers=world.auth)
+    assert wrong.status_code == 405 and error_of(wrong)["code"] == "method_not_allowed"
+
+
+async def test_a_database_outage_is_a_503_json_error_with_retry_after(
+    fake_node: FakeNode, world_factory: Any, quota_backend: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from django.db.utils import OperationalError
+
+    from gateway import proxy
+    from gateway import registry as registry_module
+    from gateway.registry import registry
+
+    world: World = await world_factory(fake_node.url)
+
+    async def key_lookup_fails(raw: str) -> Any:
+        raise OperationalError("connection refused")
+
+    def load_fails() -> Any:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(proxy, "akey_check", key_lookup_fails)
+    client = AsyncClient()
+    for _ in range(3):
+        for response in (await post(client, world, CHAT), await client.get("/v1/models", headers=world.auth)):
+            assert response.status_code == 503, response.content
+            assert error_of(response)["code"] == "service_unavailable"
+            assert int(response["retry-after"]) >= 1
+    assert sum("database is unreachable" in r.getMessage() for r in caplog.records) == 1  # once per outage
+    monkeypatch.undo()
+    # A cached key, but no routing snapshot and the registry cannot be read either.
+    registry.invalidate()
+    monkeypatch.setattr(registry_module, "snapshot_load", load_fails)
+    response = await post(client, world, CHAT)
+    assert response.status_code == 503 and error_of(response)["code"] == "service_unavailable"
+    monkeypatch.undo()
+    assert (await post(client, world, CHAT)).status_code == 200

@@ -149,5 +149,8 @@ async def test_engine_failure_is_a_500_in_the_error_format_and_journaled(demo_mo
         local.node.journal.flush()
         page = await asyncio.to_thread(usage_pull, local.base_url, SECRET, after=0)
         assert [(r["tenant"], r["outcome"]) for r in page["records"]] == [(1, "error"), (2, "error")]
+        # The non-streaming client got nothing: that attempt costs nothing. The stream had its token.
+        tokens = [(r["prompt_tokens"], r["completion_tokens"]) for r in page["records"]]
+        assert tokens[0] == (0, 0) and tokens[1][1] == 1 and tokens[1][0] > 0
         # The slots were given back.
         assert local.node.registry.resolve("gated", "").scheduler.core.running == 0

@@ -265,6 +265,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "version",
         "seq",
         "request_id",
+        "client_request_id",
         "tenant",
         "key",
         "model",
@@ -285,7 +286,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "v1",
     )
     assert (record["prompt_tokens"], record["completion_tokens"], record["outcome"]) == (5, 3, "length")
-    assert record["version"] == 1
+    assert record["version"] == 2 and record["client_request_id"] == record["request_id"]  # no client id: its own
     assert record["finished_at"].endswith("Z") and record["started_at"] <= record["finished_at"]
     assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
     async with aiohttp.ClientSession() as session:
@@ -366,7 +367,8 @@ async def test_inference_client_streams_and_reports_connection_failures(node: In
         json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1] if json.loads(e[6:])["choices"]
     )
     assert len(content) == 8
-    # Keep-alive: the second request reuses the pool.
+    # Keep-alive: the second request (a new attempt, so a new id) reuses the pool.
+    ctx = SignedContext(tenant=401, key=5, request_id=str(uuid.uuid4()), weight=2)
     again = await client.open(node.base_url, "/v1/chat/completions", body, ctx, secret=SECRET, timeout=10)
     assert again.status == 200
     await again.read()
@@ -390,3 +392,51 @@ async def test_missing_request_id_gets_one_made_here(node: InferenceNode) -> Non
         made = r.headers["x-request-id"]
     (record,) = records_after(node, before)
     assert len(made) == 36 and record["request_id"] == made
+
+
+async def test_the_same_signed_bytes_twice_are_served_once(node: InferenceNode) -> None:
+    path = "/v1/completions"
+    body = json.dumps({"model": "demo-llama", "prompt": "hi", "max_tokens": 2}).encode()
+    headers = signed(SECRET, path, body, tenant=211)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(node.base_url + path, data=body, headers=headers) as first:
+            assert first.status == 200
+        async with session.post(node.base_url + path, data=body, headers=headers) as again:
+            assert again.status == 401
+            assert (await again.json())["error"]["code"] == "replayed_request"
+        # A signature older than the (default 15 s) window is refused as expired, replay or not.
+        old = sign_headers(
+            SECRET, "POST", path, body, SignedContext(211, 5, "old-attempt"), timestamp=int(time.time()) - 20
+        )
+        async with session.post(node.base_url + path, data=body, headers=old) as stale:
+            assert stale.status == 401
+            assert "stale" in (await stale.json())["error"]["message"]
+
+
+async def test_a_chat_template_refusing_the_messages_is_a_400_not_a_500(node: InferenceNode) -> None:
+    before = cursor(node)
+    payload = {"model": "demo-llama", "messages": [{"role": "assistant", "content": "I start"}], "max_tokens": 2}
+    status, _, raw = await post(node, "/v1/chat/completions", payload, tenant=212)
+    assert status == 400
+    error = json.loads(raw)["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "messages")
+    assert "assistant" in error["message"]
+    # The same refusal from the tokenize call, and a prompt longer than the context is a 400 too.
+    status, _, raw = await post(node, "/v1/tokenize", payload, tenant=212)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "messages"
+    long = {"model": "demo-llama", "prompt": "x" * 2000, "max_tokens": 2}
+    status, _, raw = await post(node, "/v1/completions", long, tenant=212)
+    assert status == 400 and json.loads(raw)["error"]["code"] == "context_length_exceeded"
+    assert records_after(node, before) == []  # nothing reached the engine
+
+
+async def test_tokenize_counts_exactly_what_generation_runs(node: InferenceNode) -> None:
+    payload = {"model": "demo-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3}
+    status, _, raw = await post(node, "/v1/tokenize", payload, tenant=213)
+    assert status == 200
+    counted = json.loads(raw)
+    assert (counted["context_length"], counted["max_tokens"], counted["model_version"]) == (1024, 256, "v1")
+    status, _, raw = await post(node, "/v1/chat/completions", payload, tenant=213)
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == counted["count"]
+    status, _, raw = await post(node, "/v1/tokenize", {"model": "demo-llama", "prompt": "abc"}, tenant=213)
+    assert status == 200 and json.loads(raw)["count"] == 3  # one token per byte, no BOS on plain text

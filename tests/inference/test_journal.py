@@ -134,3 +134,27 @@ def test_sigterm_on_an_idle_node_exits_cleanly(tmp_path: Path) -> None:
     with inference_node(secret=SECRET, workdir=tmp_path) as node:
         assert node.stop(timeout=20) == 0
         assert "Traceback" not in node.log()
+
+
+async def test_a_journal_from_before_attempt_ids_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from inference.journal import SCHEMA
+
+    path = tmp_path / "j.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA.replace(",\n    client_request_id TEXT NOT NULL DEFAULT ''", ""))
+    conn.execute(
+        "INSERT INTO usage (request_id, tenant, key, model, model_version, prompt_tokens, completion_tokens, outcome,"
+        " queue_ms, ttft_ms, duration_ms, started_at, finished_at, finished_ts)"
+        " VALUES ('client-1', '1', '', 'm', 'v1', 1, 2, 'stop', 0, 1, 2, ?, ?, ?)",
+        (utc_iso(time.time()), utc_iso(time.time()), time.time()),
+    )
+    conn.commit()
+    conn.close()
+    journal = Journal(path)
+    journal.open()
+    await journal.append(record("attempt-2", time.time()).model_copy(update={"client_request_id": "client-2"}))
+    journal.close()
+    got = [(r.request_id, r.client_request_id) for r in journal.read_page(after=0, limit=10).records]
+    assert got == [("client-1", "client-1"), ("attempt-2", "client-2")]

@@ -408,7 +408,9 @@ def _settings_modules() -> set[str]:
 
 
 # Imported only by the GPU engine adapter, which the CPU image never loads; the GPU image installs it.
-OPTIONAL_IMPORTS = {"inference": {"vllm"}}
+# The gateway counts prompt tokens with transformers when it is installed; the control-plane image
+# leaves it out, and there the gateway asks a node (gateway/tokens.py).
+OPTIONAL_IMPORTS = {"inference": {"vllm"}, "control-plane": {"transformers"}}
 
 
 @pytest.mark.parametrize("name", ["control-plane", "inference"])

@@ -75,13 +75,13 @@ def rid_new(prefix: str) -> str:
 
 # --- the node's journal ------------------------------------------------------------------------
 def journal(node: InferenceNode) -> dict[str, dict[str, Any]]:
-    """Every record in the node's journal, by request id."""
+    """Every record in the node's journal, by the client's request id (the tests send unique ones)."""
     records: dict[str, dict[str, Any]] = {}
     after = 0
     while True:
         page = usage_pull(node.base_url, node.secret, after=after, limit=1000)
         for record in page["records"]:
-            records[record["request_id"]] = record
+            records[record["client_request_id"]] = record
         after = int(page.get("next_after", after))
         if not page.get("has_more") or not page["records"]:
             return records

@@ -95,10 +95,10 @@ def test_control_plane_sigkill_mid_stream_bills_each_request_once_with_the_journ
     assert usage_ingest_all().inserted == 0
 
     all_ids = cut_ids + done_ids
-    rows = list(UsageRecord.objects.filter(request_id__in=all_ids))
-    assert sorted(r.request_id for r in rows) == sorted(all_ids)  # each exactly once
+    rows = list(UsageRecord.objects.filter(client_request_id__in=all_ids))
+    assert sorted(r.client_request_id for r in rows) == sorted(all_ids)  # each exactly once
     for row in rows:
-        record = records[row.request_id]
+        record = records[row.client_request_id]
         assert (row.prompt_tokens, row.completion_tokens) == (record["prompt_tokens"], record["completion_tokens"])
         assert row.tenant_id == world.tenant.id and row.key_id == world.key_id
-        assert row.outcome == (Outcome.ABORTED if row.request_id in cut_ids else "length")
+        assert row.outcome == (Outcome.ABORTED if row.client_request_id in cut_ids else "length")

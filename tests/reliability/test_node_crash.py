@@ -69,7 +69,8 @@ def test_node_sigkill_mid_stream_bills_exactly_the_complete_responses(node: Infe
             assert not result.errors, result.errors
 
     records = journal(node)
-    rows = {row.request_id: row for row in UsageRecord.objects.filter(request_id__in=[r.request_id for r in replies])}
+    sent = [r.request_id for r in replies]
+    rows = {row.client_request_id: row for row in UsageRecord.objects.filter(client_request_id__in=sent)}
     assert sorted(rows) == sorted(complete)  # billed: exactly the complete ones, each once
     for request_id, reply in complete.items():
         row = rows[request_id]

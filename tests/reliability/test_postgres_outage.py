@@ -114,15 +114,6 @@ def test_postgres_down_serves_warm_keys_or_503_reports_not_ready_and_recovers_wi
         assert cp.process.poll() is None  # the same process throughout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "tenants.services.key_check (called by gateway.proxy.authenticate via akey_check) lets "
-        "django.db.utils.OperationalError out on a key-cache miss while PostgreSQL is down; "
-        "gateway.proxy.handle_generate does not catch it, so Django answers an HTML 'Server Error (500)' "
-        "instead of a 503 service_unavailable JSON error"
-    ),
-)
 def test_postgres_down_answers_an_unseen_key_with_a_503_json_error_not_a_500(
     node: InferenceNode, cluster: Cluster
 ) -> None:

@@ -8,11 +8,26 @@ import time
 
 import pytest
 
-from wire.context import HEADER_KEY, HEADER_TENANT, HEADER_WEIGHT, SignedContext
+from wire.context import (
+    HEADER_CLIENT_REQUEST_ID,
+    HEADER_KEY,
+    HEADER_REQUEST_ID,
+    HEADER_TENANT,
+    HEADER_WEIGHT,
+    SignedContext,
+)
 from wire.signing import HEADER_SIGNATURE, HEADER_TIMESTAMP, SignatureError, sign_headers, verify_signature
 
 CTX = SignedContext(
-    tenant=42, key=7, request_id="req-1", weight=3, max_inflight=4, max_queued=8, priority=2, model_version="v2"
+    tenant=42,
+    key=7,
+    request_id="att-1",
+    weight=3,
+    max_inflight=4,
+    max_queued=8,
+    priority=2,
+    model_version="v2",
+    client_request_id="req-1",
 )
 BODY = b'{"model": "demo-llama", "prompt": "hi"}'
 
@@ -40,6 +55,8 @@ def test_any_configured_secret_verifies_for_rotation() -> None:
         pytest.param(lambda h: h.update({HEADER_SIGNATURE: "v1=" + "0" * 64}), id="wrong-signature"),
         pytest.param(lambda h: h.update({HEADER_TENANT: "43"}), id="other-tenant"),
         pytest.param(lambda h: h.update({HEADER_WEIGHT: "100"}), id="raised-weight"),
+        pytest.param(lambda h: h.update({HEADER_REQUEST_ID: "att-2"}), id="other-attempt"),
+        pytest.param(lambda h: h.update({HEADER_CLIENT_REQUEST_ID: "req-2"}), id="other-client-id"),
         pytest.param(lambda h: h.update({HEADER_TIMESTAMP: "abc"}), id="malformed-timestamp"),
     ],
 )

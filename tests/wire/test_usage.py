@@ -9,7 +9,8 @@ from wire.usage import JOURNAL_RECORD_VERSION, JournalPage, JournalRecord, Unkno
 
 RECORD = JournalRecord(
     seq=3,
-    request_id="req-1",
+    request_id="att-1",
+    client_request_id="req-1",
     tenant=42,
     key=7,
     model="demo-llama",
@@ -26,9 +27,10 @@ RECORD = JournalRecord(
 
 
 def test_record_carries_its_version_and_round_trips() -> None:
-    assert RECORD.version == JOURNAL_RECORD_VERSION == 1
+    assert RECORD.version == JOURNAL_RECORD_VERSION == 2
     dumped = RECORD.model_dump()
-    assert dumped["version"] == 1 and dumped["tenant"] == 42 and dumped["key"] == 7
+    assert dumped["version"] == 2 and dumped["request_id"] == "att-1" and dumped["client_request_id"] == "req-1"
+    assert dumped["tenant"] == 42 and dumped["key"] == 7
     assert JournalRecord.model_validate(dumped) == RECORD
     assert JournalRecord.model_validate_json(RECORD.model_dump_json()) == RECORD
 
@@ -44,7 +46,19 @@ def test_records_of_older_journals_still_read() -> None:
     legacy = {**RECORD.model_dump(), "tenant": "42", "key": ""}
     del legacy["version"]
     parsed = JournalRecord.model_validate(legacy)
-    assert (parsed.version, parsed.tenant, parsed.key) == (1, 42, None)
+    assert (parsed.tenant, parsed.key) == (42, None)
+
+
+def test_version_1_records_read_with_the_one_id_as_both() -> None:
+    # Version 1 had only the client's id: it names the attempt and the client's request.
+    v1 = {**RECORD.model_dump(), "version": 1, "request_id": "req-9"}
+    del v1["client_request_id"]
+    page, rejected = JournalPage.parse({"records": [v1], "next_after": 3, "has_more": False})
+    assert rejected == []
+    record = page.records[0]
+    assert (record.version, record.request_id, record.client_request_id) == (2, "req-9", "req-9")
+    unversioned = {k: v for k, v in v1.items() if k != "version"}
+    assert JournalPage.parse({"records": [unversioned], "next_after": 3, "has_more": False})[0].records == [record]
 
 
 def test_a_malformed_record_is_rejected_alone() -> None:
@@ -58,7 +72,7 @@ def test_a_malformed_record_is_rejected_alone() -> None:
 
 
 def test_a_newer_record_version_stops_the_page() -> None:
-    newer = {**RECORD.model_dump(), "version": 2}
+    newer = {**RECORD.model_dump(), "version": JOURNAL_RECORD_VERSION + 1}
     with pytest.raises(UnknownRecordVersion):
         JournalPage.parse({"records": [newer], "next_after": 3, "has_more": False})
 
