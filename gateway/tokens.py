@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.forward import attempt_id_new, upstream_client
 from gateway.protocol import APIError, ParsedRequest
 from gateway.registry import ModelRoute, Snapshot, VersionRoute
 from wire.context import SignedContext
@@ -125,7 +126,6 @@ class PromptCounter:
     async def _ask_node(
         self, snap: Snapshot, route: ModelRoute, parsed: ParsedRequest, ctx: SignedContext
     ) -> PromptCount | None:
-        from gateway import proxy  # the process's pooled client and signing secret
         from gateway.conf import conf
         from gateway.registry import registry
 
@@ -136,12 +136,12 @@ class PromptCounter:
         sign = SignedContext(
             tenant=ctx.tenant,
             key=ctx.key,
-            request_id=proxy.attempt_id_new(),
+            request_id=attempt_id_new(),
             client_request_id=ctx.client_request_id,
             model_version=version.version,
         )
         try:
-            response = await proxy.upstream_client().open(
+            response = await upstream_client().open(
                 node.base_url,
                 "/v1/tokenize",
                 orjson.dumps(parsed.body),

@@ -11,7 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 
-from gateway import proxy, quota
+from gateway import forward, quota
 from gateway.registry import registry
 from gateway.tokens import prompt_counter
 from tenants import services as tenant_services
@@ -58,7 +58,7 @@ def quota_backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[qu
 async def fake_node() -> AsyncIterator[FakeNode]:
     node = await FakeNode(secret=django_settings.INFERENCE_SHARED_SECRET.split(",")[0]).start()
     yield node
-    await proxy.upstream_client_close()
+    await forward.upstream_client_close()
     await node.stop()
 
 

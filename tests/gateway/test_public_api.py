@@ -471,9 +471,9 @@ async def test_failover_to_another_node_then_503(world_factory: Any, quota_backe
         assert peek["x-ratelimit-remaining-requests"] == "2"
         assert int(peek["x-ratelimit-remaining-tokens"]) >= 600 - 4 * (PROMPT_TOKENS + 4)
     finally:
-        from gateway import proxy
+        from gateway import forward
 
-        await proxy.upstream_client_close()
+        await forward.upstream_client_close()
         await broken.stop()
         await healthy.stop()
 
@@ -530,9 +530,9 @@ async def test_a_4xx_from_the_node_is_passed_on_and_never_retried(
         a.mode = b.mode = "ok"
         assert (await post(client, world, CHAT)).status_code == 200  # no throttle for client errors
     finally:
-        from gateway import proxy
+        from gateway import forward
 
-        await proxy.upstream_client_close()
+        await forward.upstream_client_close()
         await a.stop()
         await b.stop()
 
@@ -564,9 +564,9 @@ async def test_poison_requests_throttle_the_tenant_not_the_nodes(
         # The nodes were never opened by these: they failed everywhere, so the request was the cause.
         assert registry.breakers.usable(world.node.id)
     finally:
-        from gateway import proxy
+        from gateway import forward
 
-        await proxy.upstream_client_close()
+        await forward.upstream_client_close()
         await a.stop()
         await b.stop()
 
@@ -594,7 +594,7 @@ async def test_a_database_outage_is_a_503_json_error_with_retry_after(
 ) -> None:
     from django.db.utils import OperationalError
 
-    from gateway import proxy
+    from gateway import access
     from gateway import registry as registry_module
     from gateway.registry import registry
 
@@ -606,7 +606,7 @@ async def test_a_database_outage_is_a_503_json_error_with_retry_after(
     def load_fails() -> Any:
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(proxy, "akey_check", key_lookup_fails)
+    monkeypatch.setattr(access, "akey_check", key_lookup_fails)
     client = AsyncClient()
     for _ in range(3):
         for response in (await post(client, world, CHAT), await client.get("/v1/models", headers=world.auth)):

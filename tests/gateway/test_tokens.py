@@ -34,9 +34,9 @@ async def honest_node(demo_tokenizer: Any, settings: Any) -> AsyncIterator[FakeN
     node = await FakeNode(secret=settings.INFERENCE_SHARED_SECRET.split(",")[0], tokenizer=demo_tokenizer).start()
     prompt_counter.reset()
     yield node
-    from gateway import proxy
+    from gateway import forward
 
-    await proxy.upstream_client_close()
+    await forward.upstream_client_close()
     await node.stop()
     prompt_counter.reset()
 
