@@ -255,7 +255,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "started_at",
     )
     list_filter = ("outcome",)
-    search_fields = ("request_id",)
+    search_fields = ("request_id", "client_request_id")
 
 
 @admin.register(IngestCursor)
