@@ -61,6 +61,21 @@ def world_make(node: InferenceNode, *, node_name: str = "node-a", **limits: Any)
     return World(tenant, key.id, raw, version)
 
 
+def node_add(world: World, node: InferenceNode, *, node_name: str) -> None:
+    """Another node serving the world's model version."""
+    gw.node_register(name=node_name, base_url=node.base_url, versions=[world.version], state=NodeState.UP, actor=ACTOR)
+    time.sleep(REGISTRY_REFRESH_S * 1.5)
+
+
+def tenant_add(world: World, **limits: Any) -> World:
+    """Another tenant (with `limits`) and inference key, granted the world's model."""
+    tenant = factories.tenant(**limits)
+    key, raw = factories.inference_key(tenant)
+    gw.model_grant_create(tenant=tenant, model=world.version.model, actor=ACTOR)
+    time.sleep(REGISTRY_REFRESH_S * 1.5)
+    return World(tenant, key.id, raw, world.version)
+
+
 def gateway_env(node: InferenceNode, **extra: str) -> dict[str, str]:
     return {
         "INFERENCE_SHARED_SECRET": node.secret,
@@ -82,6 +97,18 @@ def journal(node: InferenceNode) -> dict[str, dict[str, Any]]:
         page = usage_pull(node.base_url, node.secret, after=after, limit=1000)
         for record in page["records"]:
             records[record["client_request_id"]] = record
+        after = int(page.get("next_after", after))
+        if not page.get("has_more") or not page["records"]:
+            return records
+
+
+def journal_list(node: InferenceNode) -> list[dict[str, Any]]:
+    """Every record in the node's journal, oldest first (for tests that reuse client ids)."""
+    records: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = usage_pull(node.base_url, node.secret, after=after, limit=1000)
+        records.extend(page["records"])
         after = int(page.get("next_after", after))
         if not page.get("has_more") or not page["records"]:
             return records
@@ -136,15 +163,16 @@ def chat(
     max_tokens: int,
     stream: bool = False,
     content: str = "Tell me a long story",
+    messages: list[dict[str, str]] | None = None,
     timeout: float = 60.0,
     on_chunk: threading.Event | None = None,
 ) -> Reply:
     """POST /v1/chat/completions on a fresh connection; never raises, the Reply says what happened.
-    `on_chunk` is set once the first generated text arrives."""
+    `on_chunk` is set once the first generated text arrives; `messages` replaces the one user message."""
     reply = Reply(request_id=request_id, sent_at=time.monotonic())
     body: dict[str, Any] = {
         "model": "demo-llama",
-        "messages": [{"role": "user", "content": content}],
+        "messages": messages if messages is not None else [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
     }
     if stream:
