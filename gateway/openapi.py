@@ -265,6 +265,23 @@ _GENERATE_ERRORS: dict[str, Any] = {
 }
 
 
+def _sse_event(chunk_ref: str) -> dict[str, Any]:
+    chunk = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"$ref": f"#/components/schemas/{chunk_ref}"},
+    }
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "data": {"anyOf": [{"const": "[DONE]"}, chunk]},
+        },
+    }
+
+
 def _generate(summary: str, op_id: str, body_ref: str, ref: str, chunk_ref: str) -> dict[str, Any]:
     return {
         "post": {
@@ -281,9 +298,8 @@ def _generate(summary: str, op_id: str, body_ref: str, ref: str, chunk_ref: str)
                     "headers": _SERVED_HEADERS,
                     "content": {
                         "application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}},
-                        "text/event-stream": {
-                            "schema": {"type": "string", "description": f"`data: <{chunk_ref}>` events."}
-                        },
+                        # Open API 3.1: the schema of one event (`data` is the chunk's JSON, or [DONE]).
+                        "text/event-stream": {"schema": _sse_event(chunk_ref)},
                     },
                 },
                 **_GENERATE_ERRORS,
