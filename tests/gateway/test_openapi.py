@@ -206,3 +206,13 @@ def test_a_node_answer_matches_the_schemas() -> None:
     assert _valid("ChatCompletion", answer)
     ChatCompletion.model_validate(answer)
     assert not _valid("ChatCompletion", {**answer, "choices": [{"index": 0}]})
+
+
+@pytest.mark.django_db
+async def test_any_unknown_path_answers_the_json_404(settings: Any) -> None:
+    settings.ROOT_URLCONF = "config.urls"  # the project's, whose own 404 page is HTML
+    # A newline in the path (the fuzzer found it through the real ASGI app) still gets the JSON shape.
+    response = await AsyncClient().get("/v1/models/\n\u00b4")
+    assert response.status_code in (401, 404)
+    assert response["content-type"] == "application/json"
+    assert set(orjson.loads(response.content)) == {"error"}
