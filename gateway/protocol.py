@@ -191,6 +191,8 @@ def parse_body(raw: bytes, *, chat: bool) -> ParsedRequest:
 
     stream = body.get("stream", False)
     if stream is None:
+        # OpenAI takes null for false; the node does not, so it never sees it.
+        body.pop("stream")
         stream = False
     if not isinstance(stream, bool):
         raise invalid("'stream' must be a boolean.", "stream", "invalid_type")
@@ -257,6 +259,8 @@ def parse_body(raw: bytes, *, chat: bool) -> ParsedRequest:
             if set(message) - {"role", "content", "name"}:
                 extra = sorted(set(message) - {"role", "content", "name"})[0]
                 raise invalid(f"Unsupported message field: {extra}", f"{param}.{extra}", "unsupported_parameter")
+            if message.get("name") is not None and not isinstance(message["name"], str):
+                raise invalid("'name' must be a string.", f"{param}.name", "invalid_type")
             if "content" not in message:
                 raise invalid("Each message needs 'content'.", f"{param}.content", "missing_required_parameter")
             prompt_bytes += _content_bytes(message["content"], f"{param}.content")

@@ -9,6 +9,8 @@ urlpatterns: list[URLPattern] = [
     path("completions", views.completions, name="v1-completions"),
     path("models", views.models, name="v1-models"),
     path("models/<path:model>", views.model_detail, name="v1-model-detail"),
+    path("openapi.json", views.openapi_document, name="v1-openapi"),
     # Last: any other /v1 path gets the JSON error shape, never Django's HTML 404.
-    re_path(r"^(?P<path>.*)$", views.unknown, name="v1-unknown"),
+    # Any character, newlines too: `.` would leave those paths to Django's HTML 404.
+    re_path(r"^(?P<path>[\s\S]*)\Z", views.unknown, name="v1-unknown"),
 ]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from functools import cache
+
+import orjson
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from gateway import proxy
+from gateway.openapi import v1_document
+from gateway.protocol import error_response
 
 
 @csrf_exempt
@@ -27,6 +32,22 @@ async def models(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 async def model_detail(request: HttpRequest, model: str) -> HttpResponse:
     return await proxy.handle_models(request, model)
+
+
+@cache
+def _document_bytes() -> bytes:
+    return orjson.dumps(v1_document())
+
+
+@csrf_exempt
+async def openapi_document(request: HttpRequest) -> HttpResponse:
+    """The OpenAPI document of /v1; public, like the API's own reference."""
+    if request.method not in ("GET", "HEAD"):
+        return error_response(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
+    body = _document_bytes()
+    response = HttpResponse(body, content_type="application/json")
+    response["content-length"] = str(len(body))
+    return response
 
 
 @csrf_exempt
