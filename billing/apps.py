@@ -7,7 +7,10 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing.metrics import BillingRunsCollector, IngestLagCollector
+        from billing.services.spend import month_to_date_baselines
         from core.observability import scrape_collector_register
+        from gateway.baselines import baseline_source_register
 
+        baseline_source_register(month_to_date_baselines)
         scrape_collector_register(IngestLagCollector())
         scrape_collector_register(BillingRunsCollector())

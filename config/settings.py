@@ -320,6 +320,8 @@ GATEWAY_DEFAULT_RESERVE_TOKENS: int = env.int("GATEWAY_DEFAULT_RESERVE_TOKENS", 
 # Keep-alive connections to nodes per gateway process.
 GATEWAY_UPSTREAM_POOL_SIZE: int = env.int("GATEWAY_UPSTREAM_POOL_SIZE", default=256)
 GATEWAY_MARK_KEYS_USED: bool = env.bool("GATEWAY_MARK_KEYS_USED", default=True)
+# Without Redis: seconds between reads of a tenant's month-to-date usage from the ledger (spend cap).
+GATEWAY_LEDGER_BASELINE_S: float = env.float("GATEWAY_LEDGER_BASELINE_S", default=5.0)
 # The /v1 lane of gateway.asgi: only async-capable middleware, no per-request thread hops.
 GATEWAY_MIDDLEWARE: list[str] = ["core.observability.RequestIdMiddleware", "core.observability.MetricsMiddleware"]
 GATEWAY_LEAN_PATH_PREFIXES: list[str] = env.list("GATEWAY_LEAN_PATH_PREFIXES", default=["/v1/"])

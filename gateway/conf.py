@@ -26,6 +26,7 @@ class GatewayConf:
     prompt_bytes_per_token: float
     default_reserve_tokens: int
     mark_keys_used: bool
+    ledger_baseline_s: float
     signing_secret: str
 
 
@@ -44,6 +45,7 @@ def _build() -> GatewayConf:
         prompt_bytes_per_token=float(settings.GATEWAY_PROMPT_BYTES_PER_TOKEN),
         default_reserve_tokens=int(settings.GATEWAY_DEFAULT_RESERVE_TOKENS),
         mark_keys_used=bool(settings.GATEWAY_MARK_KEYS_USED),
+        ledger_baseline_s=float(settings.GATEWAY_LEDGER_BASELINE_S),
         # Nodes accept several secrets while one rotates; the gateway signs with the first.
         signing_secret=settings.INFERENCE_SHARED_SECRET.split(",")[0].strip(),
     )

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from gateway.baselines import LedgerBaselines
 from gateway.conf import conf
 from gateway.quota_lua import SCRIPT
 from tenants.types import EffectiveLimits, KeyContext
@@ -268,6 +269,8 @@ class MemoryQuota:
         self._buckets: dict[str, _Bucket] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._month: dict[str, Decimal] = {}
+        # The spend feed runs in another process; this one reads the ledger itself.
+        self._ledger = LedgerBaselines(self, interval_s=conf().ledger_baseline_s, period=period_now)
 
     @staticmethod
     def _now_ms() -> float:
@@ -370,6 +373,7 @@ class MemoryQuota:
         return d
 
     async def admit(self, subjects: Sequence[QuotaSubject], *, tokens: int) -> Decision:
+        await self._ledger.ensure(subjects)
         with self._lock:
             return self._admit(subjects, tokens, "admit", uuid.uuid4().hex)
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from billing.models import Bucket, UsageRollup
 from billing.money import month_next, month_start, period_label
+from gateway.baselines import Baseline
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ def month_to_date(*, tenant_ids: Iterable[int], now: datetime | None = None) -> 
             row["tenant_id"], None, tokens + (prev.tokens if prev else 0), spend + (prev.spend if prev else 0)
         )
     return list(per_tenant.values()) + result
+
+
+def month_to_date_baselines(tenant_ids: Iterable[int]) -> list[Baseline]:
+    """The gateway's in-process backend reads the ledger through this (registered at start-up)."""
+    return [Baseline(m.tenant_id, m.key_id, m.tokens, m.spend) for m in month_to_date(tenant_ids=tenant_ids)]
 
 
 def spend_feed_push(*, tenant_ids: Iterable[int], now: datetime | None = None) -> int:

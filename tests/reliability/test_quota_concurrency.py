@@ -4,6 +4,7 @@ the monthly token budget and the spend cap hold."""
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -177,26 +178,17 @@ def test_tpm_under_100_concurrent_requests_admits_at_most_the_limit_within_the_m
 
 
 def test_spend_cap_reached_refuses_all_100_concurrent_requests_with_insufficient_quota(
-    node: InferenceNode, backend_env: tuple[int, dict[str, str]], settings: Any, request: pytest.FixtureRequest
+    node: InferenceNode, backend_env: tuple[int, dict[str, str]], settings: Any
 ) -> None:
     """Proves: for a tenant on a plan priced at 1 per token with a monthly spend cap of 10, once a
     few requests have been served, ingested and the spend feed pushed
-    (`billing.services.spend.spend_feed_push`), 100 requests sent at once are all refused with 429
+    (`billing.services.spend.spend_feed_push`; without Redis the serving process reads the ledger
+    itself, `gateway.baselines`), 100 requests sent at once are all refused with 429
     `insufficient_quota` and none reaches the node, on both backends."""
     workers, env = backend_env
     if not env["REDIS_URL"]:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "defect: with the in-process quota backend the spend feed cannot reach the gateway: "
-                    "spend_feed_push (run by ingestion in the Celery worker, `manage.py ingest_usage` or "
-                    "any process but the serving one) calls gateway.quota.usage_baseline_set, which writes "
-                    "to that process's own MemoryQuota; the uvicorn worker's counters never see the spend "
-                    "and the cap never binds"
-                ),
-            )
-        )
+        # The in-process backend reads the ledger itself, at most this often (the feed's lag).
+        env = {**env, "GATEWAY_LEDGER_BASELINE_S": "0.5"}
     priced = factories.plan_with_price(input_per_1m="1000000", output_per_1m="1000000")
     world = world_make(
         node, requests_per_minute=100_000, tokens_per_minute=100_000_000, monthly_spend_cap=Decimal("10")
@@ -210,6 +202,14 @@ def test_spend_cap_reached_refuses_all_100_concurrent_requests_with_insufficient
         result = usage_ingest_all(feed=False)
         assert not result.errors, result.errors
         assert spend_feed_push(tenant_ids=[world.tenant.pk]) >= 1
+        # The gateway learns the spend within its feed's lag (Redis: now; in-process: the next
+        # ledger read); probe until the cap binds, then every concurrent request must be refused.
+        deadline = time.monotonic() + 10
+        probe = chat(cp.base_url, world.raw, request_id=rid_new("probe"), max_tokens=1)
+        while probe.status == 200 and time.monotonic() < deadline:
+            time.sleep(0.6)
+            probe = chat(cp.base_url, world.raw, request_id=rid_new("probe"), max_tokens=1)
+        assert_openai_error(probe, 429, "insufficient_quota")
         replies = _burst(cp.base_url, world.raw, max_tokens=MAX_TOKENS, prefix="capped")
     for reply in replies:
         assert_openai_error(reply, 429, "insufficient_quota")
