@@ -14,29 +14,12 @@ import orjson
 from django.http import HttpResponse
 
 from gateway.conf import conf
+from wire.errors import APIError as WireAPIError
 from wire.errors import error_payload
 
 
-class APIError(Exception):
-    """An OpenAI-style error answer."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
+class APIError(WireAPIError):
+    """The envelope's error on `/v1`, answered as a Django response."""
 
     def response(self) -> HttpResponse:
         return error_response(

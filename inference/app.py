@@ -22,13 +22,13 @@ from starlette.types import Receive, Scope, Send
 
 from inference.config import NodeConfig
 from inference.engine.base import Engine
-from inference.errors import APIError
 from inference.journal import Journal
 from inference.metrics import Metrics
 from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
 from wire.context import SignedContext
+from wire.errors import APIError
 from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
 from wire.signing import HEADER_SIGNATURE, SignatureError, verify_signature
 

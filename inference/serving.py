@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 
 from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
-from inference.errors import APIError
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
 from wire.context import SignedContext
+from wire.errors import APIError
 from wire.prompt import PromptRejected
 from wire.protocol import ChatCompletionRequest, CompletionRequest
 from wire.usage import JournalRecord, Outcome
