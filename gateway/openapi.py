@@ -12,7 +12,7 @@ import copy
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.protocol import CHAT_PARAMS, COMPLETION_PARAMS
 from wire.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, StreamOptions, TextPart
@@ -38,35 +38,33 @@ class Message(ChatMessage):
     content: str | list[TextPart]  # type: ignore[assignment]
 
 
-class ChatCompletionBody(ChatCompletionRequest):
+class _GatewayFields(BaseModel):
+    """What the gateway narrows, or adds, in both generate bodies."""
+
+    model_config = _FORBID
+    n: Literal[1] | None = None
+    stop: Stop = None
+    stream: bool | None = False
+    stream_options: StreamOptionsBody | None = Field(
+        default=None, description="Only with `stream: true`; otherwise a 400."
+    )
+    user: str | None = None
+    presence_penalty: Penalty
+    frequency_penalty: Penalty
+
+
+# The mixin narrows the wire model's fields on purpose (mypy calls the two bases incompatible).
+class ChatCompletionBody(_GatewayFields, ChatCompletionRequest):  # type: ignore[misc]
     model_config = _FORBID
     messages: list[Message] = Field(min_length=1)  # type: ignore[assignment]
     max_tokens: OutputTokens = Field(description="This or `max_completion_tokens` (the same value if both).")
     max_completion_tokens: OutputTokens
-    n: Literal[1] | None = None  # type: ignore[assignment]
-    stop: Stop = None
-    stream: bool | None = False  # type: ignore[assignment]
-    stream_options: StreamOptionsBody | None = Field(  # type: ignore[assignment]
-        default=None, description="Only with `stream: true`; otherwise a 400."
-    )
-    user: str | None = None
-    presence_penalty: Penalty
-    frequency_penalty: Penalty
 
 
-class CompletionBody(CompletionRequest):
+class CompletionBody(_GatewayFields, CompletionRequest):  # type: ignore[misc]
     model_config = _FORBID
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]  # type: ignore[assignment]
     max_tokens: OutputTokens
-    n: Literal[1] | None = None  # type: ignore[assignment]
-    stop: Stop = None
-    stream: bool | None = False  # type: ignore[assignment]
-    stream_options: StreamOptionsBody | None = Field(  # type: ignore[assignment]
-        default=None, description="Only with `stream: true`; otherwise a 400."
-    )
-    user: str | None = None
-    presence_penalty: Penalty
-    frequency_penalty: Penalty
 
 
 def _request_schema(model: type[ChatCompletionBody] | type[CompletionBody], allowed: frozenset[str]) -> dict[str, Any]:

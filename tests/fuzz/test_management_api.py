@@ -24,7 +24,7 @@ from django.core import signals
 from django.core.cache import cache
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections, transaction
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -33,6 +33,7 @@ from gateway import services as gateway_services
 from tenants import services as tenant_services
 from tenants.permissions import ALL_SCOPES, Role
 from tests import factories
+from tests.fuzz import FUZZ
 
 pytestmark = pytest.mark.django_db
 
@@ -157,14 +158,7 @@ def _fuzz(
             continue
 
         @given(case=operation.as_strategy(), real=st.booleans())
-        @settings(
-            max_examples=examples,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
+        @settings(FUZZ, max_examples=examples)
         def run(case: Any, real: bool) -> None:
             _fix_up(case, seed, real)
             stateful = case.operation.definition.raw.get("operationId") in STATEFUL_INPUT

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import schemathesis
 from django.conf import settings as django_settings
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
@@ -25,6 +25,7 @@ from gateway import quota
 from gateway.registry import registry
 from gateway.tokens import prompt_counter
 from tenants import services as tenant_services
+from tests.fuzz import FUZZ
 from tests.gateway.conftest import World, build_world
 from tests.gateway.fakenode import FakeNode
 
@@ -101,14 +102,7 @@ def _fuzz(world: World) -> list[str]:
         operation = result.ok()
 
         @given(case=operation.as_strategy(), real=st.booleans())
-        @settings(
-            max_examples=EXAMPLES,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
+        @settings(FUZZ, max_examples=EXAMPLES)
         def run(case: Any, real: bool) -> None:
             _fix_up(case, real)
             response = case.call(headers=headers)
