@@ -15,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from django.db import close_old_connections
-
-if TYPE_CHECKING:
-    from gateway.quota import QuotaSubject
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +49,6 @@ class _Sink(Protocol):
     ) -> None: ...
 
 
-def _tenant_of(subjects: Sequence[QuotaSubject]) -> int | None:
-    for subject in subjects:
-        if subject.name.startswith("tenant:"):
-            return int(subject.name[7:])
-    return None
-
-
 class LedgerBaselines:
     def __init__(self, sink: _Sink, *, interval_s: float, period: Callable[[], str]) -> None:
         self._sink = sink
@@ -68,9 +58,8 @@ class LedgerBaselines:
         self._first: dict[int, asyncio.Future[None]] = {}  # a tenant's first read, while it runs
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def ensure(self, subjects: Sequence[QuotaSubject]) -> None:
+    async def ensure(self, tenant_id: int | None) -> None:
         source = _source
-        tenant_id = _tenant_of(subjects)
         if source is None or tenant_id is None:
             return
         first = self._first.get(tenant_id)

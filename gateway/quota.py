@@ -53,6 +53,11 @@ class QuotaSubject:
         ]
 
 
+def _tenant_of(subjects: Sequence[QuotaSubject]) -> int | None:
+    """The tenant id of a call's subjects (from its `tenant:<id>` subject)."""
+    return next((int(s.name[7:]) for s in subjects if s.name.startswith("tenant:")), None)
+
+
 def _opt(value: int | None) -> str:
     return "-1" if value is None else str(int(value))
 
@@ -167,7 +172,7 @@ def _keys(subjects: Sequence[QuotaSubject], period: str, tenant_id: int | None =
     """The script's keys. All carry the tenant's hash tag `{t<id>}`, the key's counters too, so
     one call's keys share a Redis Cluster slot (the script touches them together)."""
     if tenant_id is None:
-        tenant_id = next((int(s.name[7:]) for s in subjects if s.name.startswith("tenant:")), None)
+        tenant_id = _tenant_of(subjects)
     if tenant_id is None:
         raise ValueError("the quota keys need the tenant: pass tenant_id or the tenant's subject")
     keys: list[str] = []
@@ -373,7 +378,7 @@ class MemoryQuota:
         return d
 
     async def admit(self, subjects: Sequence[QuotaSubject], *, tokens: int) -> Decision:
-        await self._ledger.ensure(subjects)
+        await self._ledger.ensure(_tenant_of(subjects))
         with self._lock:
             return self._admit(subjects, tokens, "admit", uuid.uuid4().hex)
 
