@@ -52,7 +52,20 @@ class PriceInline(admin.TabularInline):  # type: ignore[type-arg]
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("name", "currency", "base_fee", "included_tokens", "is_active")
+    list_display = (
+        "name",
+        "currency",
+        "base_fee",
+        "included_tokens",
+        "slo_availability",
+        "slo_ttft_p95_ms",
+        "slo_itl_p95_ms",
+        "is_active",
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "currency", "base_fee", "included_tokens", "default_limits", "is_active")}),
+        ("Service-level objectives", {"fields": ("slo_availability", "slo_ttft_p95_ms", "slo_itl_p95_ms")}),
+    )
     inlines = [PriceInline]
 
 
