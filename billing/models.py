@@ -339,15 +339,16 @@ class InvoiceSequence(models.Model):
 class AlertKind(models.TextChoices):
     TOKENS = "tokens"
     SPEND = "spend"
+    SPEND_JUMP = "spend_jump"  # a day's spend above N x the trailing daily average (anomalies.py)
 
 
 class UsageAlert(models.Model):
     """An alert that was sent: at most one per tenant, period, kind and threshold."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    period = models.CharField(max_length=7)  # YYYY-MM
-    kind = models.CharField(max_length=8, choices=AlertKind.choices)
-    threshold = models.PositiveSmallIntegerField()  # percent: 80 or 100
+    period = models.CharField(max_length=10)  # YYYY-MM; YYYY-MM-DD for a spend jump (one per day)
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    threshold = models.PositiveSmallIntegerField()  # percent: 80 or 100; a jump's factor x 100
     usage_value = models.DecimalField(max_digits=COST_DIGITS, decimal_places=COST_PLACES)
     limit_value = models.DecimalField(max_digits=COST_DIGITS, decimal_places=COST_PLACES)
     recipients = models.JSONField(default=list)

@@ -353,6 +353,8 @@ BILLING_SPEND_JUMP_FACTOR: float = env.float("BILLING_SPEND_JUMP_FACTOR", defaul
 BILLING_SPEND_JUMP_DAYS: int = env.int("BILLING_SPEND_JUMP_DAYS", default=7)
 BILLING_SPEND_JUMP_MIN: Decimal = Decimal(env.str("BILLING_SPEND_JUMP_MIN", default="1.00"))
 BILLING_ALERT_WEBHOOK_URL: str = env.str("BILLING_ALERT_WEBHOOK_URL", default="")
+if BILLING_ALERT_WEBHOOK_URL and not BILLING_ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("BILLING_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
 BILLING_ALERT_WEBHOOK_TIMEOUT_S: float = env.float("BILLING_ALERT_WEBHOOK_TIMEOUT_S", default=5.0)
 # Stripe is on when an API key is set; STRIPE_API_BASE points the client elsewhere (tests).
 STRIPE_API_KEY: str = env.str("STRIPE_API_KEY", default="")
