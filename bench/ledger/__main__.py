@@ -292,6 +292,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the throwaway database")
     parser.add_argument("--billing-phase", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
     args = parser.parse_args()
     if args.billing_phase:
         _setup_django(args.billing_phase)
@@ -334,6 +335,8 @@ def main() -> None:
         print("billing", json.dumps(billing), flush=True)
         if not args.no_write:
             _write_results(ingestion, billing, sys.argv[1:])
+        if args.json:
+            Path(args.json).write_text(json.dumps({"ingestion": ingestion, "billing": billing}, indent=1))
     finally:
         from django.db import connections
 
