@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.test import Client
 
 from billing.models import Plan
 from billing.selectors_cost import serving_cost_report, serving_cost_totals
 from billing.selectors_slo import DEFAULT_TARGETS, slo_report
 from billing.services.plans import plan_create, plan_slo_set
 from core.errors import ValidationFailed
+from tenants.models import AuditEvent
 from tests import factories
 from tests.factories import journal_record, ledger_add, plan_with_price, subscribe_directly
 
@@ -106,3 +109,39 @@ def test_cost_report_is_the_exact_sum_of_the_ledger(settings: Any) -> None:
     assert (total.requests, total.engine_seconds, total.revenue) == (3, Decimal("14.000125"), Decimal("0.012"))
     settings.BILLING_NODE_HOUR_CURRENCY = "EUR"
     assert serving_cost_report(month=MARCH, by="tenant")[0].margin is None  # no margin across currencies
+
+
+def _plan_form(page: str) -> dict[str, str]:
+    """The admin change form's fields as the browser would post them (inline management included)."""
+    data = {}
+    for name, value in re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page):
+        data[name] = value
+    for name, value in re.findall(r'<textarea[^>]*name="([^"]+)"[^>]*>([^<]*)</textarea>', page):
+        data[name] = value.strip()
+    data.pop("_addanother", None)
+    data.pop("_continue", None)
+    return data
+
+
+def test_staff_edit_slo_targets_in_the_admin() -> None:
+    plan = plan_with_price(name="Admin SLO").plan
+    client = Client()
+    client.force_login(factories.staff_user())
+    url = f"/admin/billing/plan/{plan.pk}/change/"
+    page = client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Service-level objectives" in html and 'name="slo_ttft_p95_ms"' in html
+    form = _plan_form(html)
+    form.update({"currency": "USD", "is_active": "on", "slo_availability": "100", "slo_ttft_p95_ms": "900"})
+    refused = client.post(url, form)
+    assert refused.status_code == 200 and "less than or equal to 99.999" in refused.content.decode()
+    plan.refresh_from_db()
+    assert plan.slo_ttft_p95_ms == DEFAULT_TARGETS.ttft_p95_ms  # nothing saved
+    form["slo_availability"] = "99.95"
+    saved = client.post(url, form)
+    assert saved.status_code == 302, saved.content.decode()[:3000]
+    plan.refresh_from_db()
+    assert (plan.slo_availability, plan.slo_ttft_p95_ms) == (Decimal("99.950"), 900)
+    event = AuditEvent.objects.get(action="plan.slo_set", target_id=str(plan.pk))
+    assert set(event.after) == {"slo_availability", "slo_ttft_p95_ms"}
