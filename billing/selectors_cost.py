@@ -115,6 +115,11 @@ COST_CSV_COLUMNS = (
 )
 
 
+def _plain(value: Decimal) -> str:
+    """Fixed-point text without trailing zeros (never `1E+1`)."""
+    return format(value.normalize(), "f") if value else "0"
+
+
 def cost_csv_row(row: CostRow, by: Dimension) -> list[object]:
     margin = row.margin
     return [
@@ -122,10 +127,10 @@ def cost_csv_row(row: CostRow, by: Dimension) -> list[object]:
         by,
         row.key,
         row.requests,
-        row.revenue.normalize() if row.revenue else "0",
+        _plain(row.revenue),
         row.currency,
-        row.engine_seconds,
-        row.cost,
+        _plain(row.engine_seconds),
+        _plain(row.cost),
         row.cost_currency,
-        "" if margin is None else margin,
+        "" if margin is None else _plain(margin),
     ]

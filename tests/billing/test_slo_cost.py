@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 
 from billing.models import Plan
-from billing.selectors_cost import serving_cost_report, serving_cost_totals
+from billing.selectors_cost import cost_csv_row, serving_cost_report, serving_cost_totals
 from billing.selectors_slo import DEFAULT_TARGETS, slo_report
 from billing.services.plans import plan_create, plan_slo_set
 from core.errors import ValidationFailed
@@ -107,6 +107,9 @@ def test_cost_report_is_the_exact_sum_of_the_ledger(settings: Any) -> None:
     total = serving_cost_totals(list(by_tenant.values()))
     assert total is not None
     assert (total.requests, total.engine_seconds, total.revenue) == (3, Decimal("14.000125"), Decimal("0.012"))
+    assert cost_csv_row(acme_row, "tenant") == [
+        "2026-03", "tenant", "acme-cost", 2, "0.002", "USD", "2", "0.02", "USD", "-0.018"
+    ]  # fmt: skip
     settings.BILLING_NODE_HOUR_CURRENCY = "EUR"
     assert serving_cost_report(month=MARCH, by="tenant")[0].margin is None  # no margin across currencies
 
