@@ -261,6 +261,7 @@ class TorchEngine(Engine):
                 for row in rows:
                     self._finish(row, "error", error=str(exc))
                 for request, sink in new:
+                    self.accounting.forget(request.request_id)  # a prefill may have been charged
                     if request.request_id in self._sinks:
                         self._loop_call(
                             sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
