@@ -11,6 +11,7 @@ so nothing runs in the engine loop.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,12 @@ def telemetry_setup(config: NodeConfig) -> None:
     global _node_name
     _node_name = node_name_of(config)
     logging_setup(service="inference", level=config.log_level, environ={LOG_FORMAT_ENV: config.log_format})
-    if tracing_setup(SERVICE_NAME):
+    tracing_env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", ""),
+    }
+    if tracing_setup(SERVICE_NAME, tracing_env):
         from opentelemetry.propagate import set_global_textmap
 
         set_global_textmap(_signed_propagator())

@@ -33,7 +33,8 @@ _warned_bad_format = False
 
 def log_format_from(environ: Mapping[str, str] | None = None) -> tuple[LogFormat, str]:
     """The configured format and a warning ("" when none): a bad value falls back to console."""
-    raw = (os.environ if environ is None else environ).get(LOG_FORMAT_ENV, "").strip().lower()
+    env = os.environ if environ is None else environ
+    raw = env.get("MMORCH_LOG_FORMAT", "").strip().lower()
     if not raw:
         return DEFAULT_LOG_FORMAT, ""
     if raw in LOG_FORMATS:

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("mmorch.tracing")
 
-ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
 
@@ -37,11 +36,9 @@ _setup_lock = threading.Lock()
 
 def tracing_endpoint(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
-    for name in ENDPOINT_ENVS:
-        value = env.get(name, "").strip()
-        if value:
-            return value
-    return ""
+    # The exporter itself reads these too (and the rest of OTEL_EXPORTER_OTLP_*: headers, timeout).
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    return traces or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
 
 
 def tracing_enabled() -> bool:

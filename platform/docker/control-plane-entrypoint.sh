@@ -29,11 +29,12 @@ case "$role" in
             --timeout-graceful-shutdown 30 "$@"
         ;;
     worker)
-        exec celery -A config worker --loglevel INFO "$@"
+        # --quiet: no start-up banner, so every line is a log line (MMORCH_LOG_FORMAT).
+        exec celery -A config --quiet worker --loglevel INFO "$@"
         ;;
     beat)
         # The schedule file lives on writable scratch space; the schedule itself is in settings.
-        exec celery -A config beat --loglevel INFO --schedule /tmp/celerybeat-schedule "$@"
+        exec celery -A config --quiet beat --loglevel INFO --schedule /tmp/celerybeat-schedule "$@"
         ;;
     migrate)
         exec python manage.py migrate --noinput "$@"
