@@ -23,7 +23,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.support import REPO_ROOT, ControlPlane, control_plane, free_port, test_database_url
+from tests.e2e import support
+from tests.e2e.support import REPO_ROOT, ControlPlane, control_plane, free_port
 from tests.e2e.test_gateway import REGISTRY_REFRESH_S, client_for, make_world
 from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan, otlp_receiver
@@ -82,7 +83,7 @@ def celery_worker(env: dict[str, str]) -> Iterator[tuple[str, Path]]:
         child_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings",
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": support.test_database_url(),
             "PYTHONPATH": str(REPO_ROOT),
             **env,
         }
