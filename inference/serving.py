@@ -24,7 +24,7 @@ from wire.context import SignedContext
 from wire.errors import APIError
 from wire.prompt import PromptRejected
 from wire.protocol import ChatCompletionRequest, CompletionRequest
-from wire.tracing import span, trace_id_of
+from wire.tracing import span, trace_id_current, trace_id_of
 from wire.usage import JournalRecord, Outcome
 
 logger = logging.getLogger("inference.serving")
@@ -166,7 +166,8 @@ class Generation:
             duration_ms=round((now - self.arrival) * 1000, 3),
             started_at=utc_iso(self.arrival_wall),
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
-            trace_id=trace_id_of(self.ctx.traceparent),
+            # The gateway's trace; the node's own when the gateway does not trace.
+            trace_id=trace_id_of(self.ctx.traceparent) or trace_id_current(),
         )
 
 

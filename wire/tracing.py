@@ -148,6 +148,16 @@ def traceparent_current() -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
+def trace_id_current() -> str:
+    """The active trace's id (32 hex), "" when tracing is off or nothing is traced here."""
+    if _tracer is None:
+        return ""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
+
+
 def trace_id_of(traceparent: str) -> str:
     """The trace id (32 hex) of a traceparent, "" when there is none or it is malformed."""
     match = TRACEPARENT_RE.match(traceparent)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,6 +156,9 @@ def test_one_request_across_logs_traces_and_the_ledger(
     assert [m.id for m in client.models.list()] == ["demo-llama"]
     with pytest.raises(openai.AuthenticationError):
         client_for(server, "sk-" + "x" * 40).models.list()
+    # A page of Django's full stack (the dashboard's sign-in), traced by the Django instrumentation.
+    with urllib.request.urlopen(server.base_url + "/login/", timeout=10) as page:
+        assert page.status == 200
 
     # The usage reaches the ledger through the real ingestion task.
     worker_env = {**server_env(receiver.endpoint), "REDIS_URL": os.environ.get("REDIS_URL", "")}
@@ -221,6 +225,14 @@ def test_one_request_across_logs_traces_and_the_ledger(
     assert len(node_root) == 1 and node_root[0].parent_span_id == upstream.span_id
     for name in ("node.queue", "node.prefill", "node.decode", "node.journal_commit"):
         assert one(spans, node_service, name).parent_span_id == node_root[0].span_id, name
+    # The other instrumentations: the quota's Redis calls under the request, a dashboard page,
+    # the ingestion task with its database queries.
+    assert [s for s in spans if s.service == cp_service and s.attributes.get("db.system") == "redis"]
+    everything = receiver.spans()
+    assert [s for s in everything if s.service == cp_service and s.kind == SERVER and "login" in s.name]
+    task = [s for s in everything if s.service == "mmorch-worker" and "usage_ingest_task" in s.name]
+    assert task, sorted({(s.service, s.name) for s in everything if s.service == "mmorch-worker"})
+    assert [s for s in everything if s.trace_id == task[0].trace_id and s.attributes.get("db.system") == "postgresql"]
     queue, prefill, decode = (one(spans, node_service, n) for n in ("node.queue", "node.prefill", "node.decode"))
     assert queue.end_ns <= prefill.start_ns + 1 and prefill.end_ns <= decode.start_ns + 1
     assert decode.attributes["mmorch.completion_tokens"] == 4
