@@ -77,7 +77,8 @@ def formatter(fmt: LogFormat, service: str) -> structlog.stdlib.ProcessorFormatt
         renderer = structlog.processors.JSONRenderer()
         tail: list[Processor] = [structlog.processors.format_exc_info]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # Plain tracebacks: the fancy one prints local variables, and a local may hold a secret.
+        renderer = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
         tail = []
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(service),

@@ -82,3 +82,28 @@ def test_the_node_takes_the_same_switch_and_a_bad_value_does_not_stop_it() -> No
     assert load_config({**base, "MMORCH_LOG_FORMAT": "json"}).log_format == "json"
     assert load_config({**base, "MMORCH_LOG_FORMAT": "yaml"}).log_format == "yaml"  # warned at start, console
     assert load_config(base).log_format == "console"
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_logged_exception_shows_its_traceback_and_no_local_variable(fmt: str) -> None:
+    program = (
+        "import logging\n"
+        "from wire.logs import logging_setup\n"
+        "logging_setup(service='svc')\n"
+        "def charge(api_key='sk-local-secret-0123456789abcdef'):\n"
+        "    raise ValueError('declined')\n"
+        "try:\n"
+        "    charge()\n"
+        "except ValueError:\n"
+        "    logging.getLogger('billing').exception('charge failed')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "MMORCH_LOG_FORMAT": fmt}
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ValueError: declined" in result.stderr and "in charge" in result.stderr
+    assert "sk-local-secret" not in result.stderr
+    if fmt == "json":
+        (line,) = result.stderr.splitlines()
+        assert json.loads(line)["exception"].startswith("Traceback")
