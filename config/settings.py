@@ -15,6 +15,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from core.redis_url import SCHEMES, RedisUrlError, celery_broker, parse_redis_url
+from wire.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -391,11 +392,6 @@ AXES_USERNAME_FORM_FIELD = "username"
 # Password reset links work for 3 hours.
 PASSWORD_RESET_TIMEOUT = 3 * 3600
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# Structured lines (wire/logs.py): MMORCH_LOG_FORMAT=json (the images) or console (the default).
+LOGGING_CONFIG = "core.logging.configure"
+LOGGING = logging_config(service="control-plane", level=env.str("LOG_LEVEL", default="INFO"))

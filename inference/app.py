@@ -27,8 +27,10 @@ from inference.metrics import Metrics
 from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
+from inference.telemetry import request_bind
 from wire.context import SignedContext
 from wire.errors import APIError
+from wire.logs import log_bind
 from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
 from wire.signing import HEADER_SIGNATURE, SignatureError, verify_signature
 
@@ -226,6 +228,7 @@ async def _authenticate(request: Request, node: Node, body: bytes) -> SignedCont
         raise APIError(
             401, "invalid request signature: replayed request", type="authentication_error", code="replayed_request"
         )
+    request_bind(ctx)
     return ctx
 
 
@@ -331,6 +334,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             body = parse_body(model_cls, body_bytes)
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+        log_bind(model=body.model)
         chat = model_cls is ChatCompletionRequest
         node.state.inflight += 1
         handed_off = False

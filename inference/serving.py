@@ -19,10 +19,12 @@ from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingP
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
+from inference.telemetry import request_finished
 from wire.context import SignedContext
 from wire.errors import APIError
 from wire.prompt import PromptRejected
 from wire.protocol import ChatCompletionRequest, CompletionRequest
+from wire.tracing import span, trace_id_current, trace_id_of
 from wire.usage import JournalRecord, Outcome
 
 logger = logging.getLogger("inference.serving")
@@ -114,7 +116,8 @@ class Generation:
                 if out.error:
                     logger.error("request %s failed in the engine: %s", self.request.request_id, out.error)
                 # Durable before the caller sends the last byte of the response.
-                await self.serving.journal.append(self._record(self.finish_reason))
+                with span("node.journal_commit"):
+                    await self.serving.journal.append(self._record(self.finish_reason))
                 self.recorded = True
                 self._account(self.finish_reason)
                 self.close()
@@ -139,9 +142,11 @@ class Generation:
 
     def _account(self, outcome: Outcome) -> None:
         metrics = self.serving.metrics
+        now = time.monotonic()
         metrics.requests.labels(*self.labels, outcome).inc()
         metrics.completion_tokens.labels(*self.labels).inc(self.completion_tokens)
-        metrics.e2e.labels(*self.labels).observe(time.monotonic() - self.arrival)
+        metrics.e2e.labels(*self.labels).observe(now - self.arrival)
+        request_finished(self, outcome, now)
 
     def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
@@ -164,6 +169,8 @@ class Generation:
             started_at=utc_iso(self.arrival_wall),
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
             engine_ms=round(self.engine_ms, 3),
+            # The gateway's trace; the node's own when the gateway does not trace.
+            trace_id=trace_id_of(self.ctx.traceparent) or trace_id_current(),
         )
 
 

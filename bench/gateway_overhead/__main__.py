@@ -2,7 +2,7 @@
 gateway (authentication, quotas, routing all on) and through LiteLLM's proxy, with wrk at 1 and
 32 connections. Writes bench/gateway_overhead/RESULTS.md.
 
-    .venv/bin/python -m bench.gateway_overhead [--duration 10] [--workers 1] [--litellm /tmp/litellm-venv]
+    .venv/bin/python -m bench.gateway_overhead [--duration 10] [--workers 1] [--litellm /tmp/litellm-venv] [--tracing]
 
 REDIS_URL set: quotas in Redis (one round trip to admit, one to settle); empty: in-process.
 LiteLLM runs from its own virtual environment (never the project's); without one it is skipped.
@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from bench.gateway_overhead import tracing
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--litellm", default="/tmp/litellm-venv", help="virtual environment with litellm[proxy]")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
+    parser.add_argument("--tracing", action="store_true", help="also measure the gateway with tracing on")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -186,6 +189,12 @@ def main() -> None:
                             label = name if name == "direct" else f"{name} ({workers}w)"
                             results.append(wrk(label, url, key, connections, args.duration, work))
                 app_port = free_port()
+                if args.tracing:  # the same gateway again, exporting spans (bench/gateway_overhead/tracing.py)
+                    results += tracing.measure_traced(
+                        workers=workers, uvicorn=uvicorn, port=app_port, env=env, key=key, body=BODY.encode(),
+                        duration=args.duration, work=work, process=process, wait_http=wait_http, wrk=wrk,
+                    )  # fmt: skip
+                    app_port = free_port()
             litellm_bin = Path(args.litellm) / "bin" / "litellm"
             if litellm_bin.exists():
                 config = work / "litellm.yaml"
@@ -226,7 +235,8 @@ def write_results(path: Path, results: list[Result], args: argparse.Namespace, r
         "",
         "```",
         f"REDIS_URL={'redis://127.0.0.1:6379/2' if redis else ''} .venv/bin/python -m bench.gateway_overhead "
-        f"--duration {args.duration} --workers {' '.join(map(str, args.workers))}",
+        f"--duration {args.duration} --workers {' '.join(map(str, args.workers))}"
+        + (" --tracing" if args.tracing else ""),
         "```",
         "",
         "The same POST /v1/chat/completions (non-streaming, fixed reply with usage) is sent with wrk to: the fixed "
@@ -274,6 +284,7 @@ def write_results(path: Path, results: list[Result], args: argparse.Namespace, r
                 f"- LiteLLM added p50 at 1 connection: {lite1.p50_ms - direct1.p50_ms:.2f} ms "
                 f"(gateway: {gw1.p50_ms - direct1.p50_ms:.2f} ms)"
             )
+        lines += tracing.summary_lines(by, workers)
         lines.append("")
     lines += [
         "Notes:",

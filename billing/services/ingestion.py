@@ -30,6 +30,7 @@ from wire.client import usage_pull
 from wire.usage import JournalPage, JournalRecord
 
 logger = logging.getLogger(__name__)
+records_log = logging.getLogger("billing.ingestion.records")
 
 _INT32_MAX = 2**31 - 1
 
@@ -300,6 +301,21 @@ def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) ->
         for record in billable.values()
     ]
     counts = _insert_postgresql(entries) if connection.vendor == "postgresql" else _insert_generic(entries)
+    for record in billable.values():
+        # Links the request (its id, its trace) to its ledger row in the logs.
+        records_log.info(
+            "usage record ingested",
+            extra={
+                "request_id": record.client_request_id,
+                "attempt_id": record.request_id,
+                "trace_id": record.trace_id,
+                "tenant": record.tenant,
+                "key_id": record.key,
+                "model": record.model,
+                "node": node_name,
+                "outcome": record.outcome,
+            },
+        )
     result.inserted = sum(counts.values())
     result.tenant_ids = set(counts)
     return result

@@ -82,6 +82,7 @@ def test_every_service_the_platform_needs_is_there() -> None:
         "inference",
         "prometheus",
         "grafana",
+        "otel-collector",
         "demo-seed",
     }
     assert _services()["migrate"]["command"] == ["migrate"]
@@ -135,9 +136,10 @@ def test_start_order_waits_on_health() -> None:
 
 
 def test_long_running_services_have_health_checks() -> None:
-    # beat serves nothing to probe: the container ends with the process and restarts.
+    # beat serves nothing to probe: the container ends with the process and restarts. The
+    # collector's image has nothing to probe with, and nothing waits on it.
     unprobed = {name for name, s in _services().items() if s.get("healthcheck", {}).get("disable")}
-    assert unprobed == ONE_SHOT | {"beat"}
+    assert unprobed == ONE_SHOT | {"beat", "otel-collector"}
     for name, service in _services().items():
         if name not in unprobed:
             assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
@@ -206,3 +208,20 @@ def test_prometheus_and_grafana_are_provisioned_from_the_repository() -> None:
     targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert {"web:8000", "inference:8100"} <= targets
     assert "web" in _services()["web"]["environment"]["DJANGO_ALLOWED_HOSTS"], "Prometheus sends Host: web"
+
+
+def test_every_process_logs_json_and_sends_spans_to_the_collector() -> None:
+    services = _services()
+    collector = services["otel-collector"]
+    assert collector["image"].startswith("otel/opentelemetry-collector-contrib:")
+    assert collector["image"].split(":")[1][0].isdigit(), "a pinned collector version"
+    mounts = dict(v.split(":")[:2][::-1] for v in collector["volumes"])
+    config_file = mounts["/etc/otelcol/config.yaml"]
+    assert collector["command"] == ["--config=/etc/otelcol/config.yaml"]
+    config = helpers.yaml.safe_load((ROOT / config_file).read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    assert config["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    for name in (*helpers.CONTROL_PLANE_SERVICES, *helpers.INFERENCE_SERVICES):
+        env = services[name]["environment"]
+        assert helpers.interpolate(env["MMORCH_LOG_FORMAT"], {}) == "json", name
+        assert helpers.interpolate(env["OTEL_EXPORTER_OTLP_ENDPOINT"], {}) == "http://otel-collector:4318", name

@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 from tests.platform import helpers, kustomize
-from tests.platform.helpers import K8S, OVERLAYS, find, rendered
+from tests.platform.helpers import K8S, OVERLAYS, ROOT, find, rendered
 
 # The oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30) and the newest
 # schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet"}
+# The one workload not built from this repository (pinned like ours).
+COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
 
 
 def _workloads(manifests: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
@@ -160,7 +162,7 @@ def test_pods_run_unprivileged_with_pinned_images(overlay: str) -> None:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
             name, tag, digest = kustomize.split_image(container["image"])
-            assert name.startswith("mmorch/")
+            assert name.startswith("mmorch/") or name == COLLECTOR_IMAGE
             assert (tag and tag != "latest") or digest, container["image"]
 
 
@@ -290,3 +292,19 @@ def test_monitoring_kustomization_matches_the_platform_rules() -> None:
             jobs |= {r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"}
     prometheus = yaml.safe_load((helpers.PROMETHEUS_DIR / "prometheus.yml").read_text())
     assert jobs == {c["job_name"] for c in prometheus["scrape_configs"]} - {"prometheus"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_process_logs_json_and_sends_spans_to_the_collector(overlay: str) -> None:
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "mmorch-config")["data"]
+    service = find(manifests, "Service", "mmorch-otel-collector")
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "otlp-http")
+    endpoint = f"http://mmorch-otel-collector:{port}"
+    assert config["MMORCH_LOG_FORMAT"] == "json" and config["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
+    inference = find(manifests, "StatefulSet", "mmorch-inference")
+    env = {e["name"]: e.get("value") for e in _container(inference, "inference")["env"]}
+    assert env["MMORCH_LOG_FORMAT"] == "json" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
+    # The collector runs the repository's configuration.
+    collector_config = find(manifests, "ConfigMap", "mmorch-otel-collector")["data"]["config.yaml"]
+    assert yaml.safe_load(collector_config) == yaml.safe_load((ROOT / "platform/otel/collector.yaml").read_text())
