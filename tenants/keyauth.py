@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from tenants.keycache import KeyCache
+from tenants.keyrow import key_row_by_digest
 from tenants.keyuse import NOTE_INTERVAL as LAST_USED_WRITE_INTERVAL  # noqa: F401 - re-exported
 from tenants.keyuse import key_use_due, key_use_note, key_use_reset
 from tenants.models import APIKey, TenantLimits, TenantStatus
@@ -116,7 +117,7 @@ def key_check(raw: str) -> tuple[KeyContext | None, str]:
     if hit:
         return context, reason
     version = cache.current_version()
-    key = APIKey.objects.select_related("tenant", "tenant__limits").filter(digest=digest).first()
+    key = key_row_by_digest(digest)  # the one query (select_related's, prepared once per process)
     if key is None:
         cache.put(digest, None, version, None, KEY_UNKNOWN)
         return None, KEY_UNKNOWN

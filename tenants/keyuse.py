@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import Case, DateTimeField, Value, When
+from django.db.models import Case, DateTimeField, F, Q, Value, When
 
 from tenants.models import APIKey
 
@@ -151,11 +151,14 @@ def _write_batch(items: list[tuple[int, float]]) -> int:
                 [ids, times],
             )
             return int(cursor.rowcount)
-    # The embedded database: one UPDATE with a CASE per batch.
-    whens = [
-        When(pk=key_id, then=Value(at, output_field=DateTimeField())) for key_id, at in zip(ids, times, strict=True)
+    # The embedded database: one UPDATE with a CASE per batch, moving each time forward only.
+    newer = [
+        When(Q(pk=key_id) & (Q(last_used_at__isnull=True) | Q(last_used_at__lt=at)), then=Value(at))
+        for key_id, at in zip(ids, times, strict=True)
     ]
-    return APIKey.objects.filter(pk__in=ids).update(last_used_at=Case(*whens, output_field=DateTimeField()))
+    return APIKey.objects.filter(pk__in=ids).update(
+        last_used_at=Case(*newer, default=F("last_used_at"), output_field=DateTimeField())
+    )
 
 
 def _scan(client: Any, name: str) -> Iterable[tuple[int, float]]:
