@@ -102,7 +102,7 @@ DATABASE_PGBOUNCER: bool = env.bool("DATABASE_PGBOUNCER", default=False)
 DATABASE_POOL: bool = env.bool("DATABASE_POOL", default=not DATABASE_PGBOUNCER)
 DATABASE_POOL_MIN_SIZE: int = env.int("DATABASE_POOL_MIN_SIZE", default=1)
 DATABASE_POOL_MAX_SIZE: int = env.int("DATABASE_POOL_MAX_SIZE", default=8)
-DATABASE_POOL_TIMEOUT_S: float = env.float("DATABASE_POOL_TIMEOUT_S", default=10.0)
+DATABASE_POOL_TIMEOUT_S: float = env.float("DATABASE_POOL_TIMEOUT_S", default=3.0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_PGBOUNCER
     if DATABASE_POOL:
