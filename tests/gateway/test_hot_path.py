@@ -143,3 +143,20 @@ async def test_unknown_keys_cost_one_query_each_then_none(
         assert status == 401
         assert len(database_use.queries) == expected_queries
     assert database_use.checkouts == 1  # the refusal is cached: later tries cost nothing
+
+
+async def test_a_registry_refresh_borrows_one_pooled_connection_and_returns_it(
+    fake_node: FakeNode, world_factory: Any, database_use: DatabaseUse
+) -> None:
+    from gateway.registry import registry
+
+    world: World = await world_factory(fake_node.url)
+    await registry.snapshot()  # the first load
+    held_before = _held()
+    database_use.reset()
+    for _ in range(3):
+        await registry._refresh()
+    assert database_use.checkouts == 3, "one connection per refresh, taken from the pool"
+    assert len(database_use.queries) == 3 * 5  # nodes and their versions, active versions, models, grants
+    assert _held() == held_before, "and given back"
+    assert "demo-llama" in (await registry.snapshot()).tenant_models(world.tenant.id)
