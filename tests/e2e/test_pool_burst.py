@@ -7,6 +7,7 @@ import asyncio
 import secrets
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -101,7 +102,6 @@ def test_a_burst_of_cold_keys_stays_within_the_pool() -> None:
             statuses = asyncio.run(_burst(cp.base_url, raws))
         finally:
             watch.stop()
-        import urllib.request
 
         with urllib.request.urlopen(cp.base_url + "/metrics", timeout=10) as response:
             metrics = response.read().decode()
