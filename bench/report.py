@@ -234,8 +234,9 @@ REGISTRY: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "gateway_overhead",
-        ("-m", "bench.gateway_overhead", "--duration", "5", "--workers", "1", "--output", "var/bench/gateway.md"),
-        ("-m", "bench.gateway_overhead", "--duration", "2", "--workers", "1", "--output", "var/bench/gateway.md"),
+        ("-m", "bench.gateway_overhead", "--duration", "5", "--workers", "1", "2", "--output", "var/bench/gateway.md"),
+        ("-m", "bench.gateway_overhead", "--duration", "2", "--workers", "1", "--keys", "1000", "--cold-keys", "200",
+         "--output", "var/bench/gateway.md"),
         read_gateway_overhead,
         "added p50 ≤ 2 ms, p99 ≤ 10 ms; ≥ 1,000 req/s",
     ),

@@ -31,6 +31,7 @@ from prometheus_client import (
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.registry import Collector
 
+from core.dbpool import db_pool_sample
 from wire.errors import error_payload
 from wire.logs import log_request_start
 
@@ -196,6 +197,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     refused = _metrics_refusal(request)
     if refused is not None:
         return refused
+    db_pool_sample()  # this process's pool figures, fresh (the others' come from their samplers)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -66,11 +66,12 @@ def measure_traced(
     env: Mapping[str, str],
     key: str,
     body: bytes,
+    script: Path,
     duration: int,
     work: Path,
     process: Callable[[list[str], dict[str, str], Path], AbstractContextManager[Any]],
     wait_http: Callable[..., None],
-    wrk: Callable[[str, str, str, int, int, Path], Any],
+    wrk: Callable[[str, str, Path, int, int], Any],
 ) -> list[Any]:
     """The `gateway+tracing (Nw)` rows: the same gateway with OTEL_EXPORTER_OTLP_ENDPOINT set."""
     results = []
@@ -83,7 +84,7 @@ def measure_traced(
             auth = {"authorization": f"Bearer {key}", "content-type": "application/json"}
             wait_http(url, data=body, headers=auth)
             for connections in (1, 32):
-                results.append(wrk(f"gateway+tracing ({workers}w)", url, key, connections, duration, work))
+                results.append(wrk(f"gateway+tracing ({workers}w)", url, script, connections, duration))
         print(f"  tracing: {sink.spans} spans received", flush=True)
         if not sink.spans:
             raise RuntimeError("tracing on, yet no span reached the receiver")

@@ -74,6 +74,7 @@ def test_the_schema_is_strict_enough_to_catch_mistakes() -> None:
 def test_every_service_the_platform_needs_is_there() -> None:
     assert set(_services()) == {
         "postgres",
+        "pgbouncer",
         "redis",
         "migrate",
         "web",
@@ -165,7 +166,27 @@ def test_interpolation_fails_without_secrets_and_succeeds_with_them() -> None:
         helpers.interpolate(web_env["DJANGO_SECRET_KEY"], {})
     filled = {name: "x" * 40 for name in SECRET_NAMES}
     url = helpers.interpolate(web_env["DATABASE_URL"], filled)
+    assert url == f"postgres://mmorch:{'x' * 40}@pgbouncer:6432/mmorch"
+    url = helpers.interpolate(_services()["migrate"]["environment"]["DATABASE_URL"], filled)
     assert url == f"postgres://mmorch:{'x' * 40}@postgres:5432/mmorch"
+
+
+def test_long_running_services_reach_postgres_through_pgbouncer_in_transaction_mode() -> None:
+    services = _services()
+    bouncer = services["pgbouncer"]
+    assert bouncer["environment"]["POOL_MODE"] == "transaction"
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ":latest" not in bouncer["image"] and ":" in bouncer["image"]
+    port = bouncer["environment"]["LISTEN_PORT"]
+    for name in ("web", "worker", "beat"):
+        env = services[name]["environment"]
+        assert f"@pgbouncer:{port}/" in env["DATABASE_URL"], name
+        # What transaction pooling needs: no server-side cursors, no second pool in Django.
+        assert env["DATABASE_PGBOUNCER"] == "true", name
+        assert "DATABASE_POOL" not in env, name
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy", name
+    # Migrations hold session-level locks: they talk to PostgreSQL itself.
+    assert "@postgres:5432/" in services["migrate"]["environment"]["DATABASE_URL"]
 
 
 def test_files_the_compose_file_refers_to_exist() -> None:

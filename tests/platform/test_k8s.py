@@ -16,9 +16,10 @@ from tests.platform.helpers import K8S, OVERLAYS, ROOT, find, rendered
 # The oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30) and the newest
 # schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+# Images the platform runs as they are published (pinned like ours).
+THIRD_PARTY_IMAGES = {"edoburu/pgbouncer", "otel/opentelemetry-collector-contrib"}
+PGBOUNCER_SECRET_TEMPLATE = K8S / "base" / "pgbouncer-secret.example.yaml"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet"}
-# The one workload not built from this repository (pinned like ours).
-COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
 
 
 def _workloads(manifests: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
@@ -86,6 +87,8 @@ def test_platform_objects_are_all_there(overlay: str) -> None:
         ("Deployment", "mmorch-worker"),
         ("Deployment", "mmorch-beat"),
         ("Job", "mmorch-migrate"),
+        ("Deployment", "mmorch-pgbouncer"),
+        ("Service", "mmorch-pgbouncer"),
         ("StatefulSet", "mmorch-inference"),
         ("Service", "mmorch-inference"),
         ("Ingress", "mmorch"),
@@ -129,6 +132,7 @@ def test_selectors_and_references_resolve(overlay: str) -> None:
     configmaps = {m["metadata"]["name"] for m in manifests if m["kind"] == "ConfigMap"}
     claims = {m["metadata"]["name"] for m in manifests if m["kind"] == "PersistentVolumeClaim"}
     secret_name = yaml.safe_load(helpers.SECRET_TEMPLATE.read_text())["metadata"]["name"]
+    bouncer_secret = yaml.safe_load(PGBOUNCER_SECRET_TEMPLATE.read_text())["metadata"]["name"]
     for workload in _workloads(manifests):
         pod = _pod_spec(workload)
         volumes = {v["name"] for v in pod.get("volumes", [])}
@@ -143,7 +147,8 @@ def test_selectors_and_references_resolve(overlay: str) -> None:
                 if "configMapRef" in source:
                     assert source["configMapRef"]["name"] in configmaps
                 if "secretRef" in source:
-                    assert source["secretRef"]["name"] == secret_name
+                    expected = bouncer_secret if workload["metadata"]["name"] == "mmorch-pgbouncer" else secret_name
+                    assert source["secretRef"]["name"] == expected
             for item in container.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -162,7 +167,7 @@ def test_pods_run_unprivileged_with_pinned_images(overlay: str) -> None:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
             name, tag, digest = kustomize.split_image(container["image"])
-            assert name.startswith("mmorch/") or name == COLLECTOR_IMAGE
+            assert name.startswith("mmorch/") or name in THIRD_PARTY_IMAGES, name
             assert (tag and tag != "latest") or digest, container["image"]
 
 
@@ -308,3 +313,24 @@ def test_every_process_logs_json_and_sends_spans_to_the_collector(overlay: str) 
     # The collector runs the repository's configuration.
     collector_config = find(manifests, "ConfigMap", "mmorch-otel-collector")["data"]["config.yaml"]
     assert yaml.safe_load(collector_config) == yaml.safe_load((ROOT / "platform/otel/collector.yaml").read_text())
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_control_plane_reaches_postgres_through_pgbouncer(overlay: str) -> None:
+    manifests = rendered(overlay)
+    bouncer = find(manifests, "Deployment", "mmorch-pgbouncer")
+    (container,) = kustomize.pod_containers(bouncer)
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["POOL_MODE"] == "transaction"
+    service = find(manifests, "Service", "mmorch-pgbouncer")
+    assert service["spec"]["ports"][0]["port"] == int(env["LISTEN_PORT"])
+    # What transaction pooling needs from Django, for every pod that reads the config map.
+    config = find(manifests, "ConfigMap", "mmorch-config")["data"]
+    assert config["DATABASE_PGBOUNCER"] == "true"
+    assert "DATABASE_POOL" not in config
+    template = yaml.safe_load(helpers.SECRET_TEMPLATE.read_text())
+    kubernetes_validate.validate(template, K8S_VERSIONS[-1], strict=True)
+    bouncer_template = yaml.safe_load(PGBOUNCER_SECRET_TEMPLATE.read_text())
+    kubernetes_validate.validate(bouncer_template, K8S_VERSIONS[-1], strict=True)
+    assert set(bouncer_template["stringData"]) >= {"DB_HOST", "DB_NAME", "DB_USER", "DB_PASSWORD"}
+    assert not any(bouncer_template["stringData"].values()), "the template holds no values"
