@@ -54,7 +54,8 @@ g AS (
 )
 INSERT INTO billing_usagerecord (request_id, client_request_id, tenant_id, key_id, model_name, model_version,
     node_name, journal_seq, prompt_tokens, completion_tokens, outcome, queue_ms, ttft_ms, duration_ms, started_at,
-    finished_at, price_id, input_price_per_1m, output_price_per_1m, currency, cost, ingested_at)
+    finished_at, price_id, input_price_per_1m, output_price_per_1m, currency, cost, ingested_at, end_user, metadata,
+    trace_id, engine_ms)
 SELECT 'gen-' || g.i, 'gen-' || g.i, t.ids[1 + g.i %% t.n], NULL, pr.model_name, 'v1', 'bench-gen', g.i, g.p, g.c,
        CASE WHEN g.i %% 50 = 0 THEN 'aborted' ELSE 'stop' END, 1, 12, 180, g.ts, g.ts + interval '180 ms',
        CASE WHEN g.ts < %(change)s THEN pr.pre_id ELSE pr.post_id END,
@@ -63,7 +64,7 @@ SELECT 'gen-' || g.i, 'gen-' || g.i, t.ids[1 + g.i %% t.n], NULL, pr.model_name,
        'USD',
        (g.p * CASE WHEN g.ts < %(change)s THEN pr.pre_in ELSE pr.post_in END
         + g.c * CASE WHEN g.ts < %(change)s THEN pr.pre_out ELSE pr.post_out END) * 0.000001,
-       now()
+       now(), 'user-' || g.i %% 1000, '{"team": "bench"}'::jsonb, md5(g.i::text), 150.0
 FROM g, t, models
 JOIN pr ON true
 WHERE pr.model_name = models.names[1 + g.i %% 3]

@@ -18,12 +18,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 from operator import attrgetter
 from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.db.models import JSONField
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from billing.models import IngestCursor, UsageRecord
 from billing.money import token_cost
@@ -89,6 +92,10 @@ class LedgerEntry:
     currency: str
     cost: Decimal
     ingested_at: datetime
+    end_user: str
+    metadata: dict[str, str]
+    trace_id: str
+    engine_ms: float
 
     def values(self) -> tuple[Any, ...]:
         return _entry_values(self)  # type: ignore[no-any-return]
@@ -153,6 +160,10 @@ def _ledger_entry(record: JournalRecord, price: AppliedPrice, *, node_name: str,
         currency=price.currency,
         cost=usage_cost(record.prompt_tokens, record.completion_tokens, price.input_per_1m, price.output_per_1m),
         ingested_at=now,
+        end_user=record.end_user,
+        metadata=record.metadata,
+        trace_id=record.trace_id,
+        engine_ms=record.engine_ms,
     )
 
 
@@ -161,38 +172,23 @@ def usage_cost(prompt_tokens: int, completion_tokens: int, input_per_1m: Decimal
     return token_cost(prompt_tokens, input_per_1m) + token_cost(completion_tokens, output_per_1m)
 
 
-_PG_TYPES = {
-    "request_id": "varchar(128)",
-    "client_request_id": "varchar(128)",
-    "tenant_id": "bigint",
-    "key_id": "bigint",
-    "model_name": "varchar(200)",
-    "model_version": "varchar(200)",
-    "node_name": "varchar(200)",
-    "journal_seq": "bigint",
-    "prompt_tokens": "integer",
-    "completion_tokens": "integer",
-    "outcome": "varchar(16)",
-    "queue_ms": "integer",
-    "ttft_ms": "integer",
-    "duration_ms": "integer",
-    "started_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "price_id": "bigint",
-    "input_price_per_1m": "numeric(18, 6)",
-    "output_price_per_1m": "numeric(18, 6)",
-    "currency": "varchar(3)",
-    "cost": "numeric(28, 12)",
-    "ingested_at": "timestamptz",
-}
 _COLUMN_LIST = ", ".join(LEDGER_ENTRY_COLUMNS)
+# The ledger's model fields in LedgerEntry's order: the staging table's types and each value's
+# adaptation come from them, so a new column is a field of LedgerEntry and nothing more here.
+_MODEL_FIELDS = [{f.attname: f for f in UsageRecord._meta.concrete_fields}[name] for name in LEDGER_ENTRY_COLUMNS]
+_JSON_AT = tuple(i for i, f in enumerate(_MODEL_FIELDS) if isinstance(f, JSONField))
 _STAGE = "billing_ingest_stage"
-# Session-local staging table: COPY is the fastest way in, the insert below the one way out.
-_PG_STAGE_CREATE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
-    + ", ".join(f"{name} {_PG_TYPES[name]}" for name in LEDGER_ENTRY_COLUMNS)
-    + ") ON COMMIT DELETE ROWS"
-)
+
+
+@cache
+def _pg_stage_create() -> str:
+    # Session-local staging table: COPY is the fastest way in, the insert below the one way out.
+    columns = ", ".join(
+        f"{name} {f.db_type(connection)}" for name, f in zip(LEDGER_ENTRY_COLUMNS, _MODEL_FIELDS, strict=True)
+    )
+    return f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({columns}) ON COMMIT DELETE ROWS"
+
+
 # One statement: insert new rows (repeats dropped on request_id) and add exactly those rows to the
 # rollups with the one rollup statement.
 _ROLL_UP_INSERTED, _ROLL_UP_PARAMS = rollups_add_sql("inserted")
@@ -226,10 +222,13 @@ def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
         # Safe to skip the WAL flush wait: the cursor moves in this same transaction, so a commit
         # lost in a database crash is simply fetched again from the node's journal.
         cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.execute(_PG_STAGE_CREATE)
+        cursor.execute(_pg_stage_create())
         with cursor.copy(f"COPY {_STAGE} ({_COLUMN_LIST}) FROM STDIN") as copy:
             for entry in entries:
-                copy.write_row(entry.values())
+                row = entry.values()
+                if _JSON_AT:
+                    row = tuple(Jsonb(v) if i in _JSON_AT else v for i, v in enumerate(row))
+                copy.write_row(row)
         cursor.execute(_PG_INSERT_AND_ROLL_UP, _ROLL_UP_PARAMS)
         counts = {int(tenant_id): int(n) for tenant_id, n in cursor.fetchall()}
         # Empty for the next batch of this transaction (a commit empties it as well).
@@ -237,7 +236,6 @@ def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
     return counts
 
 
-_MODEL_FIELDS = [{f.attname: f for f in UsageRecord._meta.concrete_fields}[name] for name in LEDGER_ENTRY_COLUMNS]
 _ID_CHUNK = 500  # under SQLite's limit on query parameters
 
 

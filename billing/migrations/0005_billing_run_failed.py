@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0003_usage_client_request_id"),
+        ("billing", "0004_usage_attribution_and_cost"),
     ]
 
     operations = [
