@@ -30,9 +30,8 @@ from psycopg.types.json import Jsonb
 
 from billing.models import IngestCursor, UsageRecord
 from billing.money import token_cost
-from billing.pricing import AppliedPrice, PriceBook
+from billing.pricing import AppliedPrice, PriceBookCache
 from billing.services.rollups import LEDGER_COLUMNS, rollups_add_ledger_rows, rollups_add_sql
-from tenants.models import Tenant
 from wire.client import usage_pull
 from wire.usage import JournalPage, JournalRecord, RejectedRecord
 
@@ -255,11 +254,14 @@ def _insert_generic(entries: Iterable[LedgerEntry]) -> dict[int, int]:
     return counts
 
 
-def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) -> InsertResult:
+def usage_records_insert(
+    records: Sequence[JournalRecord], *, node_name: str, prices: PriceBookCache | None = None
+) -> InsertResult:
     """Prices journal records, inserts the new ones into the ledger and adds them to the rollups.
 
     Runs inside the caller's transaction. Records that cannot be billed (out of the ledger's
     range, unknown tenant) are logged and skipped so one bad record never blocks a node's journal.
+    `prices` keeps the price book of earlier pages of the same run where it is still complete.
     """
     result = InsertResult()
     billable: dict[str, JournalRecord] = {}
@@ -274,13 +276,13 @@ def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) ->
     if not billable:
         return result
     tenant_ids = {record.tenant for record in billable.values()}
-    known = set(Tenant.objects.filter(id__in=tenant_ids).values_list("id", flat=True))
+    latest = max(_as_time(record.started_at) for record in billable.values())
+    book, known = (prices or PriceBookCache()).book_for(tenant_ids, latest)
     if known != tenant_ids:
         for request_id in [rid for rid, record in billable.items() if record.tenant not in known]:
             result.rejected += 1
             logger.error("usage record %s from node %s names an unknown tenant", request_id, node_name)
             del billable[request_id]
-    book = PriceBook(known)
     now = timezone.now()
     entries = [
         _ledger_entry(
@@ -317,6 +319,7 @@ def usage_ingest_node(node: NodeLike, *, page_size: int | None = None, max_pages
     result = IngestResult(nodes=1)
     cursor_row, _ = IngestCursor.objects.get_or_create(node_name=name)
     after = cursor_row.after_seq
+    prices = PriceBookCache()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-fetch-{name}") as fetcher:
 
         def fetch(start: int) -> Future[_Fetched]:
@@ -342,7 +345,7 @@ def usage_ingest_node(node: NodeLike, *, page_size: int | None = None, max_pages
                         pending.cancel()
                     pending = fetch(after)
                     continue
-                batch = usage_records_insert(records, node_name=name)
+                batch = usage_records_insert(records, node_name=name, prices=prices)
                 IngestCursor.objects.filter(pk=locked.pk).update(
                     after_seq=next_after,
                     records_total=locked.records_total + batch.inserted,

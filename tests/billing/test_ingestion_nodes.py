@@ -1,15 +1,20 @@
-"""Ingestion of several nodes at once, and the page prefetch within one node."""
+"""Ingestion of several nodes at once, the page prefetch within one node, the price book kept across pages."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.db.models import Count, Sum
+from django.utils import timezone
 
 from billing.models import Bucket, IngestCursor, UsageRecord, UsageRollup
+from billing.pricing import PriceBookCache
 from billing.services.ingestion import usage_ingest_all, usage_ingest_node
 from gateway import services as gateway_services
+from tenants.models import Tenant
 from tests import factories
 from tests.billing.journal_server import Journal, journal_server
 from tests.factories import journal_record, plan_with_price, subscribe_directly
@@ -79,3 +84,34 @@ def test_a_page_limit_stops_the_prefetch_and_the_cursor_at_the_limit(settings: A
     assert rest.inserted == 30
     assert UsageRecord.objects.count() == 50
     assert IngestCursor.objects.get(node_name="node-a").after_seq == 50
+
+
+@pytest.mark.django_db
+def test_a_cached_price_book_serves_only_what_it_is_complete_for(django_assert_num_queries: Any) -> None:
+    tenant = factories.tenant()
+    priced = plan_with_price(input_per_1m="1.000000", output_per_1m="2.000000")
+    subscribe_directly(tenant, priced.plan)
+    now = timezone.now()
+    cache = PriceBookCache()
+    book, known = cache.book_for({tenant.pk}, now - timedelta(hours=1))
+    assert known == {tenant.pk}
+    assert book.lookup(tenant.pk, "demo-llama", now - timedelta(hours=1)).input_per_1m == Decimal("1.000000")
+    # Requests that started before the book was loaded: the same book, no query.
+    with django_assert_num_queries(0):
+        again, _ = cache.book_for({tenant.pk}, now - timedelta(minutes=5))
+    assert again is book
+    # A price from a moment after the load (never backdated) and a request after it: a new book.
+    later = timezone.now() + timedelta(seconds=30)
+    priced.plan.prices.create(
+        model_name="demo-llama", input_per_1m=Decimal("5"), output_per_1m=Decimal("6"), effective_from=later
+    )
+    fresh, _ = cache.book_for({tenant.pk}, later + timedelta(seconds=1))
+    assert fresh is not book
+    assert fresh.lookup(tenant.pk, "demo-llama", later + timedelta(seconds=1)).input_per_1m == Decimal("5")
+    # A tenant unknown once is looked up again, never remembered as unknown.
+    missing = Tenant.objects.order_by("-id").values_list("id", flat=True)[0] + 1000
+    _, known = cache.book_for({tenant.pk, missing}, now - timedelta(hours=1))
+    assert known == {tenant.pk}
+    Tenant.objects.create(id=missing, slug="late-tenant", name="Late")
+    _, known = cache.book_for({missing}, now - timedelta(hours=1))
+    assert known == {missing}
