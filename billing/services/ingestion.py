@@ -22,6 +22,7 @@ from functools import cache
 from operator import attrgetter
 from typing import Any, Protocol
 
+import orjson
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import JSONField
@@ -65,7 +66,9 @@ class IngestResult:
         self.tenant_ids |= other.tenant_ids
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and one is built per
+# ingested record. Nothing changes an entry after it is made.
+@dataclass(slots=True)
 class LedgerEntry:
     """One new ledger row (`billing_usagerecord`); the field names are its columns."""
 
@@ -179,6 +182,10 @@ _JSON_AT = tuple(i for i, f in enumerate(_MODEL_FIELDS) if isinstance(f, JSONFie
 _STAGE = "billing_ingest_stage"
 
 
+def _json_dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
 @cache
 def _pg_stage_create() -> str:
     # Session-local staging table: COPY is the fastest way in, the insert below the one way out.
@@ -226,7 +233,7 @@ def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
             for entry in entries:
                 row = entry.values()
                 if _JSON_AT:
-                    row = tuple(Jsonb(v) if i in _JSON_AT else v for i, v in enumerate(row))
+                    row = tuple(Jsonb(v, dumps=_json_dumps) if i in _JSON_AT else v for i, v in enumerate(row))
                 copy.write_row(row)
         cursor.execute(_PG_INSERT_AND_ROLL_UP, _ROLL_UP_PARAMS)
         counts = {int(tenant_id): int(n) for tenant_id, n in cursor.fetchall()}

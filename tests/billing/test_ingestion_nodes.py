@@ -17,7 +17,7 @@ from gateway import services as gateway_services
 from tenants.models import Tenant
 from tests import factories
 from tests.billing.journal_server import Journal, journal_server
-from tests.factories import journal_record, plan_with_price, subscribe_directly
+from tests.factories import journal_record, ledger_add, plan_with_price, subscribe_directly
 
 SECRET = "dev-inference-secret"
 
@@ -115,3 +115,12 @@ def test_a_cached_price_book_serves_only_what_it_is_complete_for(django_assert_n
     Tenant.objects.create(id=missing, slug="late-tenant", name="Late")
     _, known = cache.book_for({missing}, now - timedelta(hours=1))
     assert known == {missing}
+
+
+@pytest.mark.django_db
+def test_metadata_of_any_script_reaches_the_ledger_as_sent() -> None:
+    tenant = factories.tenant()
+    tags = {"équipe": "naïve ✓", "quote": 'a "b" \\ c', "emoji": "🚀"}
+    assert ledger_add([{**journal_record(tenant, request_id="tags-1"), "metadata": tags}]) == 1
+    assert UsageRecord.objects.get(request_id="tags-1").metadata == tags
+    assert UsageRecord.objects.filter(metadata__emoji="🚀").count() == 1
