@@ -93,6 +93,7 @@ class Generation:
     closed: bool = False
     streaming: bool = False  # tokens reach the client as they come
     text_parts: list[str] = field(default_factory=list)
+    engine_ms: float = 0.0  # engine step time charged to this request (inference/engine/accounting.py)
 
     async def outputs(self) -> AsyncIterator[EngineOutput]:
         metrics = self.serving.metrics
@@ -107,6 +108,7 @@ class Generation:
                 self.last_token = now
                 self.model.scheduler.charge(self.ticket, len(out.token_ids))
             self.completion_tokens = max(self.completion_tokens, out.completion_tokens)
+            self.engine_ms = max(self.engine_ms, out.engine_ms)
             if out.finished:
                 self.finish_reason = out.finish_reason or "error"
                 if out.error:
@@ -161,6 +163,7 @@ class Generation:
             duration_ms=round((now - self.arrival) * 1000, 3),
             started_at=utc_iso(self.arrival_wall),
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
+            engine_ms=round(self.engine_ms, 3),
         )
 
 
@@ -224,7 +227,7 @@ class OpenAIServing:
         )
         request_id = ctx.request_id or str(uuid.uuid4())
         tenant = str(ctx.tenant)
-        labels = (tenant, served.name, served.version)
+        labels = (self.metrics.tenant_label(tenant), served.name, served.version)
         ticket = Ticket(
             request_id=request_id,
             tenant=tenant,

@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--reuse", metavar="NAME", help="bill an already seeded database again (its invoices go)")
     parser.add_argument("--billing-phase", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
     args = parser.parse_args()
     if args.billing_phase:
         _setup_django(args.billing_phase)
@@ -207,6 +208,8 @@ def main() -> None:
         print("billing", json.dumps(billing), flush=True)
         if not args.no_write:
             _write_results(billing, sys.argv[1:])
+        if args.json:
+            Path(args.json).write_text(json.dumps({"billing": billing}, indent=1))
     finally:
         from django.db import connections
 

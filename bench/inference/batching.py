@@ -39,11 +39,15 @@ class ModelSpec:
     max_tokens: int
     # One at a time is a rate: on the big model it is timed over the first few requests only.
     sequential_cap: int | None
+    repeats: int
 
+
+# The models a run measures unless --models says otherwise (bench.inference --quick: the demo only).
+DEFAULT_MODELS: tuple[str, ...] = ("demo", "llama-135m")
 
 MODELS = {
-    "demo": ModelSpec("demo model", "batching", demo_model, MAX_TOKENS, None),
-    "llama-135m": ModelSpec("135M-parameter Llama, random weights", "batching-llama-135m", bench_model, 64, 4),
+    "demo": ModelSpec("demo model", "batching", demo_model, MAX_TOKENS, None, 3),
+    "llama-135m": ModelSpec("135M-parameter Llama, random weights", "batching-llama-135m", bench_model, 64, 4, 1),
 }
 
 
@@ -142,9 +146,11 @@ def _section(spec: ModelSpec, results: dict[int, dict[str, float]], *, max_token
 
 async def main(argv: list[str] | None = None) -> dict[str, dict[int, dict[str, float]]]:
     parser = argparse.ArgumentParser(prog="python -m bench.inference.batching")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["demo", "llama-135m"])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(DEFAULT_MODELS))
     parser.add_argument("--max-tokens", type=int, help="output tokens per request (default: 128 demo, 64 135M)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per level; the best is reported")
+    parser.add_argument(
+        "--repeats", type=int, help="runs per level, the best reported (default: 3 demo, 1 135M: minutes each)"
+    )
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv if argv is not None else [])
@@ -153,8 +159,9 @@ async def main(argv: list[str] | None = None) -> dict[str, dict[int, dict[str, f
     for name in args.models:
         spec = MODELS[name]
         max_tokens = args.max_tokens or spec.max_tokens
-        results = await run_model(spec, max_tokens=max_tokens, repeats=args.repeats, levels=tuple(args.levels))
-        text = _section(spec, results, max_tokens=max_tokens, repeats=args.repeats, argv=shown)
+        repeats = args.repeats or spec.repeats
+        results = await run_model(spec, max_tokens=max_tokens, repeats=repeats, levels=tuple(args.levels))
+        text = _section(spec, results, max_tokens=max_tokens, repeats=repeats, argv=shown)
         if not args.no_write:
             write_section(spec.section, text)
         print(text)

@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=1000, help="subscribed tenants the journals spread over")
     parser.add_argument("--keep", action="store_true", help="keep the throwaway database")
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
     args = parser.parse_args()
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     name = f"mmorch_bench_ledger_{os.getpid()}"
@@ -253,6 +254,8 @@ def main() -> None:
         load_after = round(os.getloadavg()[0], 2)
         if not args.no_write:
             _write_results(ingestion, args.tenants, load_after, sys.argv[1:])
+        if args.json:
+            Path(args.json).write_text(json.dumps({"ingestion": ingestion}, indent=1))
     finally:
         from django.db import connections
 

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0004_usage_attribution_and_cost"),
+        ("billing", "0005_plan_slo_targets_spend_jump_alerts"),
     ]
 
     operations = [
