@@ -377,6 +377,13 @@ BILLING_DEFAULT_CURRENCY: str = env.str("BILLING_DEFAULT_CURRENCY", default="USD
 BILLING_INVOICE_PREFIX: str = env.str("BILLING_INVOICE_PREFIX", default="MMO")
 BILLING_NET_DAYS: int = env.int("BILLING_NET_DAYS", default=14)
 BILLING_INGEST_PAGE_SIZE: int = env.int("BILLING_INGEST_PAGE_SIZE", default=1000)
+# Nodes ingested at once, one database connection each; the rollup rows they share serialise
+# their writes, so more than the database's cores stops paying.
+BILLING_INGEST_CONCURRENCY: int = env.int("BILLING_INGEST_CONCURRENCY", default=2)
+# A billing run reads the ledger for this many tenants at a time and writes this many invoices per
+# transaction: memory follows the first, lock time the second.
+BILLING_RUN_CHUNK: int = env.int("BILLING_RUN_CHUNK", default=5000)
+BILLING_RUN_BATCH: int = env.int("BILLING_RUN_BATCH", default=500)
 BILLING_INGEST_INTERVAL_S: float = env.float("BILLING_INGEST_INTERVAL_S", default=5.0)
 BILLING_ISSUER_NAME: str = env.str("BILLING_ISSUER_NAME", default="mm-orch")
 # Cost of serving: what one inference node costs per hour (engine-seconds are priced at this).
