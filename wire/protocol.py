@@ -1,12 +1,23 @@
-"""The node's wire request models: OpenAI-compatible, the subset the inference plane serves."""
+"""The `/v1` request models, OpenAI-compatible: one definition that the gateway and the node both
+validate with, so a body one plane takes the other takes too.
+
+Null and no-op values of every OpenAI field are accepted (clients serialise their defaults). A field
+this platform cannot honour is refused with a 400 naming it; nothing is accepted and then ignored.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import importlib
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _M = TypeVar("_M", bound=BaseModel)
+
+MAX_N = 128  # OpenAI's own bound; plans cap lower (the gateway's max_n)
+MAX_TOP_LOGPROBS = 20  # chat
+MAX_COMPLETION_LOGPROBS = 5  # completions
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 
 
 class RequestInvalid(ValueError):
@@ -19,10 +30,14 @@ class RequestInvalid(ValueError):
         self.code = code
 
 
+def _unsupported(param: str, what: str) -> RequestInvalid:
+    return RequestInvalid(f"'{param}' {what} is not supported.", param=param, code="unsupported_parameter")
+
+
 class _Strict(BaseModel):
     # Strict: "10" is not a number and 1 is not a boolean, as in the OpenAI API. Unknown fields
-    # (penalties, logprobs, user, ...) are accepted and ignored so the official clients work.
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # are refused: a misspelt parameter must not silently do nothing.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class TextPart(_Strict):
@@ -30,10 +45,34 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
+    refusal: str | None = None  # assistant, as the API sent it back
+
+    @model_validator(mode="after")
+    def _shape(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise RequestInvalid("Only assistant messages carry 'tool_calls'.", param="tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise RequestInvalid("A 'tool' message needs 'tool_call_id'.", param="tool_call_id")
+        if self.role != "assistant" and self.content is None:
+            raise RequestInvalid(f"A '{self.role}' message needs 'content'.", param="content")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -42,28 +81,61 @@ class ChatMessage(_Strict):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def template_dict(self) -> dict[str, Any]:
+        """The message as a Hugging Face chat template takes it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # padding against side channels; none sent here
+
+
+def _structure_checks(request: ChatCompletionRequest) -> None:
+    """Shape checks of response_format and tools (wire.structured: both planes, no grammar library)."""
+    structured: Any
+    try:
+        structured = importlib.import_module("wire.structured")
+    except ModuleNotFoundError:  # pragma: no cover - until the module lands
+        structured = None
+    if structured is not None:
+        structured.check_response_format(request.response_format)
+        structured.check_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
+        return
+    choice = request.tool_choice
+    names = {t.get("function", {}).get("name") for t in request.tools or () if isinstance(t, dict)}
+    if isinstance(choice, dict) and (choice.get("function") or {}).get("name") not in names:
+        raise RequestInvalid("'tool_choice' names a function that is not in 'tools'.", param="tool_choice")
+    if choice == "required" and not names:
+        raise RequestInvalid("'tool_choice' 'required' needs 'tools'.", param="tool_choice")
 
 
 class _SamplingFields(_Strict):
     model: str = Field(min_length=1)
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int | None = None
-    stream: bool = False
+    n: int | None = Field(default=None, ge=1, le=MAX_N)
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _only_one(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, int | float] | None = None
+    user: str | None = None
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    metadata: dict[str, str] | None = None
+    # Accepted at their no-op values only (the model is the tenant's, there is nothing to store).
+    store: bool | None = None
+    service_tier: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -71,6 +143,53 @@ class _SamplingFields(_Strict):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value: dict[str, int | float] | None) -> dict[str, int | float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit() or len(key) > 9:
+                raise RequestInvalid(
+                    f"'logit_bias' keys must be token ids (integers as strings); got {key!r}.", param="logit_bias"
+                )
+            if not -100 <= bias <= 100:
+                raise RequestInvalid(
+                    f"'logit_bias' values must be between -100 and 100; token {key} has {bias}.", param="logit_bias"
+                )
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > METADATA_PAIRS:
+            raise RequestInvalid(f"'metadata' holds at most {METADATA_PAIRS} pairs.", param="metadata")
+        for key, item in value.items():
+            if len(key) > METADATA_KEY_CHARS:
+                raise RequestInvalid(f"'metadata' keys are at most {METADATA_KEY_CHARS} characters.", param="metadata")
+            if len(item) > METADATA_VALUE_CHARS:
+                raise RequestInvalid(
+                    f"'metadata' values are at most {METADATA_VALUE_CHARS} characters (key {key!r}).", param="metadata"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _common(self) -> _SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise RequestInvalid("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+        if self.store:
+            raise _unsupported("store", "true (stored completions)")
+        if self.service_tier not in (None, "auto", "default"):
+            raise _unsupported("service_tier", f"{self.service_tier!r}")
+        return self
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
+
+    def choices(self) -> int:
+        return self.n or 1
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -82,34 +201,173 @@ class _SamplingFields(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    def token_bias(self) -> dict[int, float]:
+        return {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Typed loosely here: wire.structured checks their shape and names the offending path.
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # No-op values only: this platform serves text models without audio, predictions or reasoning.
+    modalities: list[Literal["text"]] | None = None
+    audio: None = None
+    prediction: None = None
+    reasoning_effort: None = None
+    verbosity: None = None
+    web_search_options: None = None
+    functions: None = None
+    function_call: None = None
+
+    @model_validator(mode="after")
+    def _chat(self) -> ChatCompletionRequest:
+        if self.max_tokens is not None and self.max_completion_tokens not in (None, self.max_tokens):
+            raise RequestInvalid("Give 'max_tokens' or 'max_completion_tokens', not both.", param="max_tokens")
+        if self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs:
+            raise RequestInvalid("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
+        _structure_checks(self)
+        return self
 
     def requested_max_tokens(self) -> tuple[int | None, str]:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens, "max_completion_tokens"
         return self.max_tokens, "max_tokens"
 
+    def top_logprobs_count(self) -> int | None:
+        """Alternatives per token to report; None when log-probabilities were not asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        return [m.template_dict() for m in self.messages]
+
+    def tools_active(self) -> bool:
+        """Tools the model may call: given, and not switched off by tool_choice "none"."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def constrains_output(self) -> bool:
+        """Whether decoding may follow a grammar or tool calls may come back."""
+        json_format = self.response_format is not None and self.response_format.get("type") != "text"
+        return json_format or self.tools_active()
+
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
-    echo: bool = False
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _single_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt is supported")
+    def _single_prompt(cls, value: str | list[str] | list[int] | list[list[int]]) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise RequestInvalid("'prompt' must not be empty.", param="prompt", code="invalid_value")
+            if isinstance(value[0], str | list) and len(value) != 1:
+                raise _unsupported("prompt", "as a batch of several prompts (send one per request, or use 'n')")
         return value
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @model_validator(mode="after")
+    def _completion(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.choices():
+            raise _unsupported("best_of", "other than 'n'")
+        if self.suffix:
+            raise _unsupported("suffix", "(insertion)")
+        return self
+
+    def prompt_text(self) -> str | None:
+        """The prompt as text, or None when it came as token ids."""
+        value = self.prompt
+        if isinstance(value, str):
+            return value
+        first = value[0]
+        return first if isinstance(first, str) else None
+
+    def prompt_token_ids(self) -> list[int] | None:
+        value = self.prompt
+        if isinstance(value, str) or isinstance(value[0], str):
+            return None
+        ids = value[0] if isinstance(value[0], list) else value
+        return [int(i) for i in ids]  # type: ignore[arg-type]
 
     def requested_max_tokens(self) -> tuple[int | None, str]:
         # The completions API defaults to 16 tokens.
         return (16 if self.max_tokens is None else self.max_tokens), "max_tokens"
+
+    def top_logprobs_count(self) -> int | None:
+        return self.logprobs
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"})
+
+
+def _param_of(loc: tuple[int | str, ...]) -> str | None:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        if part in _TYPE_TAGS or not part.isidentifier() or part[0].isupper():
+            continue  # a union member's or a validator's tag, not a field
+        out += f".{part}" if out else part
+    return out or None
+
+
+def _code_of(kind: str) -> str:
+    if kind == "missing":
+        return "missing_required_parameter"
+    if kind == "extra_forbidden":
+        return "unknown_parameter"
+    if kind.endswith("_type") or kind in ("none_required", "model_type", "model_attributes_type"):
+        return "invalid_type"
+    return "invalid_value"
+
+
+def request_validate(model: type[_M], data: Any) -> _M:
+    """Validate a parsed JSON body; any problem raises RequestInvalid naming the offending field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+
+
+def _invalid(exc: ValidationError) -> RequestInvalid:
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] in ("json_invalid", "json_type"):
+        return RequestInvalid("the request body is not valid JSON", code="invalid_json")
+    if first["type"] == "model_type" and not first["loc"]:
+        return RequestInvalid("The request body must be a JSON object.", code="invalid_json")
+    for error in errors:
+        raised = (error.get("ctx") or {}).get("error")
+        if isinstance(raised, RequestInvalid):
+            # A validator named the field relative to its model: prefix the path to that model.
+            where = _param_of(error["loc"])
+            param = raised.param
+            if where and param and not param.startswith(where):
+                param = f"{where}.{param}"
+            elif where and not param:
+                param = where
+            return RequestInvalid(raised.message, param=param, code=raised.code or "invalid_value")
+    param = _param_of(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return RequestInvalid(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+    if kind == "none_required":
+        # A field accepted only at its no-op value (null) got a real one.
+        return RequestInvalid(f"'{param}' is not supported.", param=param, code="unsupported_parameter")
+    if kind == "missing":
+        return RequestInvalid(f"'{param}' is a required property.", param=param, code="missing_required_parameter")
+    message = first["msg"]
+    if param:
+        message = f"{param}: {message}"
+    return RequestInvalid(message, param=param, code=_code_of(kind))
 
 
 def parse_body(model: type[_M], body: bytes) -> _M:
@@ -117,12 +375,4 @@ def parse_body(model: type[_M], body: bytes) -> _M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] in ("json_invalid", "json_type"):
-            raise RequestInvalid("the request body is not valid JSON", code="invalid_json") from exc
-        loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "str", "list["))]
-        param = ".".join(loc) or None
-        message = first["msg"]
-        if param:
-            message = f"{param}: {message}"
-        raise RequestInvalid(message, param=param, code="invalid_value" if loc else None) from exc
+        raise _invalid(exc) from exc

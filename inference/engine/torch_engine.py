@@ -25,7 +25,9 @@ from inference.engine.base import (
     EngineRequest,
     FinishReason,
     IncrementalDetokenizer,
+    TokenLogprob,
 )
+from inference.engine.sampling import SequenceSampler, prompt_logprobs
 from wire.prompt import chat_prompt_ids, text_prompt_ids
 
 logger = logging.getLogger("inference.engine.torch")
@@ -39,7 +41,8 @@ class _Row:
     sink: asyncio.Queue[EngineOutput]
     detok: IncrementalDetokenizer
     length: int  # real tokens in the cache for this row
-    generator: Any = None
+    sampler: SequenceSampler
+    index: int = 0  # which of the request's n sequences
     generated: int = 0
     last_token: int = 0
     done: bool = False
@@ -123,6 +126,7 @@ class TorchEngine(Engine):
             elif isinstance(value, list | tuple):
                 eos.update(int(v) for v in value)
         self._eos = eos
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -150,9 +154,18 @@ class TorchEngine(Engine):
     def encode(self, text: str) -> list[int]:
         return text_prompt_ids(self._tokenizer, text)
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         # Raises PromptRejected when the chat template refuses the messages.
-        return chat_prompt_ids(self._tokenizer, messages)
+        return chat_prompt_ids(self._tokenizer, messages, tools=tools)
+
+    def token_text(self, token_id: int) -> str:
+        return str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -161,11 +174,14 @@ class TorchEngine(Engine):
         self._sinks[request.request_id] = sink
         self._inbox.put(("new", (request, sink)))
         finished = False
+        remaining = request.params.n
         try:
             while True:
                 out = await sink.get()
                 if out.finished:
-                    finished = True
+                    remaining -= 1
+                    # Index -1 ends the whole request (aborted or failed before it ran).
+                    finished = remaining <= 0 or out.index < 0
                 yield out
                 if finished:
                     return
@@ -199,7 +215,7 @@ class TorchEngine(Engine):
                 logger.exception("engine thread crashed")
                 self._healthy = False
                 # Nobody may wait forever on a dead engine.
-                failed = EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
+                failed = EngineOutput(text="", finished=True, finish_reason="error", error=str(exc), index=-1)
                 self._outbox = [(sink, failed) for sink in list(self._sinks.values())]
                 self._flush()
 
@@ -241,10 +257,8 @@ class TorchEngine(Engine):
                 aborted.clear()
             try:
                 for request, sink in new:
-                    row, row_cache = self._prefill(request, sink)
-                    if row.done:
-                        continue
-                    rows, cache, mask = self._merge(rows, cache, mask, row, row_cache)
+                    new_rows, row_cache = self._prefill(request, sink)
+                    rows, cache, mask = self._merge(rows, cache, mask, new_rows, row_cache)
                 self._flush()  # first tokens out before the next step
                 rows, cache, mask = self._filter(rows, cache, mask)
                 self._running = len(rows)
@@ -260,7 +274,7 @@ class TorchEngine(Engine):
                 for request, sink in new:
                     if request.request_id in self._sinks:
                         self._loop_call(
-                            sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
+                            sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc), index=-1)
                         )
                 rows, cache, mask = [], None, None
                 self._running = 0
@@ -270,7 +284,7 @@ class TorchEngine(Engine):
         self._outbox.append((sink, out))
 
     def _emit_abort(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> None:
-        self._loop_call(sink, EngineOutput(text="", finished=True, finish_reason="aborted"))
+        self._loop_call(sink, EngineOutput(text="", finished=True, finish_reason="aborted", index=-1))
 
     def _finish(self, row: _Row, reason: FinishReason, *, error: str | None = None) -> None:
         if row.done:
@@ -280,38 +294,71 @@ class TorchEngine(Engine):
         tail = row.detok.flush() if reason in ("length", "stop") else ""
         self._emit(
             row,
-            EngineOutput(text=tail, finished=True, finish_reason=reason, completion_tokens=row.generated, error=error),
+            EngineOutput(
+                text=tail,
+                finished=True,
+                finish_reason=reason,
+                completion_tokens=row.generated,
+                error=error,
+                index=row.index,
+            ),
         )
 
-    def _new_generator(self, request: EngineRequest) -> Any:
-        import torch
-
-        if request.params.temperature <= 0:
-            return None
-        generator = torch.Generator(device=self.device)
-        if request.params.seed is not None:
-            generator.manual_seed(request.params.seed)
-        else:
-            generator.seed()
-        return generator
-
-    def _prefill(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> tuple[_Row, Any]:
+    def _prefill(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> tuple[list[_Row], Any]:
+        """Run the prompt once; its n sequences share the result (the cache rows are copies)."""
         import torch
         from transformers import DynamicCache
 
-        row = _Row(
-            request=request,
-            sink=sink,
-            detok=IncrementalDetokenizer(self._tokenizer, request.params.stop),
-            length=len(request.prompt_ids),
-            generator=self._new_generator(request),
-        )
+        params = request.params
+        rows = [
+            _Row(
+                request=request,
+                sink=sink,
+                detok=IncrementalDetokenizer(self._tokenizer, params.stop),
+                length=len(request.prompt_ids),
+                sampler=SequenceSampler(params, index=i, device=self.device),
+                index=i,
+            )
+            for i in range(params.n)
+        ]
         ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
         # No config: plain full-attention layers whose tensors we can pad, concatenate and filter.
         cache = DynamicCache()
         out = self._model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kw: cache})
-        self._accept(row, out.logits[0, -1, :])
-        return row, cache
+        if params.n > 1:
+            for layer in self._layers(cache):
+                layer.keys = layer.keys.repeat(params.n, 1, 1, 1)
+                layer.values = layer.values.repeat(params.n, 1, 1, 1)
+        prompt_lps = None
+        if params.prompt_logprobs is not None:
+            prompt_lps = prompt_logprobs(out.logits[0], request.prompt_ids, params.prompt_logprobs)
+        last = out.logits[0, -1, :]
+        for row in rows:
+            self._choose(row, last, prompt_lps=prompt_lps)
+        live = [r for r in rows if not r.done]
+        keep = torch.tensor([r.index for r in live], dtype=torch.long, device=self.device)
+        if live and len(live) < len(rows):
+            for layer in self._layers(cache):
+                layer.keys = layer.keys.index_select(0, keep)
+                layer.values = layer.values.index_select(0, keep)
+        return live, cache
+
+    def _choose(
+        self,
+        row: _Row,
+        logits: Any,
+        *,
+        greedy_token: int | None = None,
+        prompt_lps: list[TokenLogprob | None] | None = None,
+    ) -> None:
+        import torch
+
+        logprob = None
+        if row.sampler.plain:
+            token = greedy_token if greedy_token is not None else int(torch.argmax(logits).item())
+        else:
+            token, logprob = row.sampler.choose(logits)
+        self._accept(row, token, logprob, prompt_lps)
 
     def _decode(self, rows: list[_Row], cache: Any, mask: Any) -> Any:
         import torch
@@ -328,43 +375,36 @@ class TorchEngine(Engine):
         greedy = torch.argmax(logits, dim=-1).tolist()
         for i, row in enumerate(rows):
             row.length += 1
-            self._accept(row, logits[i], greedy_token=greedy[i])
+            self._choose(row, logits[i], greedy_token=greedy[i])
         return full_mask
 
-    def _sample(self, row: _Row, logits: Any) -> int:
-        import torch
-
-        params = row.request.params
-        scaled = logits.float() / params.temperature
-        probs = torch.softmax(scaled, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_probs, dim=-1)
-            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            keep = cumulative - sorted_probs < params.top_p
-            sorted_probs = sorted_probs * keep
-            choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=row.generator)
-            return int(order[choice].item())
-        return int(torch.multinomial(probs, 1, generator=row.generator).item())
-
-    def _accept(self, row: _Row, logits: Any, *, greedy_token: int | None = None) -> None:
-        import torch
-
-        if row.generator is None:
-            token = greedy_token if greedy_token is not None else int(torch.argmax(logits).item())
-        else:
-            token = self._sample(row, logits)
+    def _accept(
+        self,
+        row: _Row,
+        token: int,
+        logprob: TokenLogprob | None,
+        prompt_lps: list[TokenLogprob | None] | None = None,
+    ) -> None:
         row.generated += 1
         row.last_token = token
         if token in self._eos:
+            if prompt_lps is not None:  # the echo's logprobs still go out
+                self._emit(row, EngineOutput(text="", index=row.index, prompt_logprobs=prompt_lps))
             self._finish(row, "stop")
             return
         delta = row.detok.add(token)
-        if row.detok.stopped:
-            self._emit(row, EngineOutput(text=delta, token_ids=[token], completion_tokens=row.generated))
+        out = EngineOutput(
+            text=delta,
+            token_ids=[token],
+            completion_tokens=row.generated,
+            index=row.index,
+            logprobs=None if logprob is None else [logprob],
+            prompt_logprobs=prompt_lps,
+        )
+        self._emit(row, out)
+        if row.detok.stopped or row.sampler.grammar_done():
             self._finish(row, "stop")
             return
-        self._emit(row, EngineOutput(text=delta, token_ids=[token], completion_tokens=row.generated))
         # prompt + generated tokens may not exceed the context (row.length is one behind).
         if row.generated >= row.request.params.max_tokens or row.length + 1 >= self.context_length:
             self._finish(row, "length")
@@ -373,16 +413,21 @@ class TorchEngine(Engine):
     def _layers(cache: Any) -> list[Any]:
         return list(cache.layers)
 
-    def _merge(self, rows: list[_Row], cache: Any, mask: Any, row: _Row, row_cache: Any) -> tuple[list[_Row], Any, Any]:
+    def _merge(
+        self, rows: list[_Row], cache: Any, mask: Any, new_rows: list[_Row], row_cache: Any
+    ) -> tuple[list[_Row], Any, Any]:
         import torch
         import torch.nn.functional as F
 
-        row_mask = torch.ones((1, row.length), dtype=torch.long, device=self.device)
+        if not new_rows:
+            return rows, cache, mask
+        length = new_rows[0].length
+        row_mask = torch.ones((len(new_rows), length), dtype=torch.long, device=self.device)
         if not rows:
-            return [row], row_cache, row_mask
-        width = max(mask.shape[1], row.length)
+            return new_rows, row_cache, row_mask
+        width = max(mask.shape[1], length)
         pad_batch = width - mask.shape[1]
-        pad_row = width - row.length
+        pad_row = width - length
         for layer, new_layer in zip(self._layers(cache), self._layers(row_cache), strict=True):
             # Keys and values are [batch, heads, seq, head_dim]; pad the seq axis on the left with zeros.
             keys, values = layer.keys, layer.values
@@ -396,7 +441,7 @@ class TorchEngine(Engine):
             layer.keys = torch.cat([keys, new_keys], dim=0)
             layer.values = torch.cat([values, new_values], dim=0)
         mask = torch.cat([F.pad(mask, (pad_batch, 0)), F.pad(row_mask, (pad_row, 0))], dim=0)
-        return [*rows, row], cache, mask
+        return [*rows, *new_rows], cache, mask
 
     def _filter(self, rows: list[_Row], cache: Any, mask: Any) -> tuple[list[_Row], Any, Any]:
         import torch
