@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the recipe changes so cached copies are rebuilt.
-DEMO_MODEL_REVISION = "5"
+DEMO_MODEL_REVISION = "6"
 MARKER = "demo_model_revision.txt"
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -31,7 +31,9 @@ CHAT_TEMPLATE = (
     # newlines there are written as {{ nl }}.
     "{% set nl = '\n' %}"
     "{% if tools %}<|system|>\n# Tools\nYou may call one or more functions. Their signatures:\n<tools>\n"
-    "{% for tool in tools %}{{ tool | tojson }}{{ nl }}{% endfor %}</tools>\n"
+    # One compact JSON line per function (the context is short: 1024 tokens of one byte each).
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool)"
+    " | tojson(separators=(',', ':')) }}{{ nl }}{% endfor %}</tools>\n"
     "To call a function, answer with one block per call:\n"
     '<tool_call>\n{"name":<function-name>,"arguments":<arguments-object>}\n</tool_call>\n'
     "{% endif %}"

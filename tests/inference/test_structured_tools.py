@@ -166,7 +166,8 @@ def test_template_renders_tools_calls_and_results(tokenizer: Any) -> None:
         {"role": "tool", "tool_call_id": "call_2", "content": "5C"},
     ]
     text = tokenizer.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True, tokenize=False)
-    assert json.dumps(TOOLS[0]) in text  # the functions, one JSON line each
+    for tool in TOOLS:  # the functions, one compact JSON line each
+        assert "\n" + json.dumps(tool["function"], separators=(",", ":")) + "\n" in text
     # The assistant's calls render in exactly the format the parser reads back.
     turn = text.split("<|assistant|>\n")[1].split("<|tool|>")[0].rstrip("\n")
     content, calls = parse_tool_calls(turn, TOOLS)
