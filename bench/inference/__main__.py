@@ -2,7 +2,7 @@
 
 import asyncio
 
-from bench.inference import batching, noisy_neighbour, weighted_shares
+from bench.inference import batching, noisy_neighbour, structured, weighted_shares
 
-for module in (batching, noisy_neighbour, weighted_shares):
+for module in (batching, noisy_neighbour, weighted_shares, structured):
     asyncio.run(module.main())

@@ -3,6 +3,7 @@
 Node-side only: it imports llguidance and torch, so nothing under `wire/` may import it.
 """
 
+from inference.structured.batch import BatchMasker
 from inference.structured.grammar import GrammarConstraint, Structure, TokenConstraint, ll_tokenizer, structure_for
 from inference.structured.tools import (
     CALL_PREFIX,
@@ -21,6 +22,7 @@ __all__ = [
     "CALL_SUFFIX",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
+    "BatchMasker",
     "GrammarConstraint",
     "Structure",
     "TokenConstraint",

@@ -53,10 +53,14 @@ def ll_tokenizer(tokenizer: Any, vocab_size: int | None = None) -> llguidance.LL
         return cached[1]
 
 
+# Bits of each byte value, least significant first: bytes of the bit mask -> bools, by one lookup.
+BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.bool_)
+
+
 class GrammarConstraint:
     """A TokenConstraint over one llguidance matcher."""
 
-    __slots__ = ("_eos_only", "_matcher", "_vocab", "_words")
+    __slots__ = ("_bytes", "_eos_only", "_failed", "_matcher", "_ptr", "_size", "_vocab", "_words")
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos: int) -> None:
         import torch
@@ -65,25 +69,33 @@ class GrammarConstraint:
         self._vocab = vocab_size
         # Preallocated: llguidance writes the bits straight into this buffer every step.
         self._words = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
+        self._bytes = self._words.view(np.uint8)
+        self._ptr = int(self._words.ctypes.data)
+        self._size = int(self._words.nbytes)
+        self._failed = bool(matcher.is_error())
         self._eos_only = torch.zeros(vocab_size, dtype=torch.bool)
         self._eos_only[eos] = True
 
     def allowed_mask(self) -> torch.Tensor:
         import torch
 
-        if self._matcher.is_error():
+        if self._failed:
             # Cannot happen while the engine respects the mask; end the sequence rather than guess.
             return self._eos_only
-        self._matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
-        bits = np.unpackbits(self._words.view(np.uint8), count=self._vocab, bitorder="little")
-        return torch.from_numpy(bits.view(np.bool_))
+        self._matcher.unsafe_compute_mask_ptr(self._ptr, self._size)
+        return torch.from_numpy(BYTE_BITS[self._bytes].reshape(-1)[: self._vocab])
 
     def advance(self, token_id: int) -> None:
-        self._matcher.consume_token(token_id)
+        if not self._matcher.consume_token(token_id):
+            self._failed = True
 
     def is_finished(self) -> bool:
         # Stopped: nothing but end-of-sequence can follow (or the matcher failed).
-        return bool(self._matcher.is_stopped())
+        return self._failed or bool(self._matcher.is_stopped())
+
+    def matcher_for_batch(self) -> llguidance.LLMatcher | None:
+        """The matcher, for BatchMasker to fill this row's mask with the others; None once failed."""
+        return None if self._failed else self._matcher
 
     @property
     def error(self) -> str:

@@ -253,3 +253,37 @@ def test_mask_is_cheap_to_ask_for(model: tuple[Any, Any]) -> None:
     assert mask.dtype.is_floating_point is False and mask.shape == (model[1].config.vocab_size,)
     allowed = [model[0].decode([i]) for i in mask.nonzero().flatten().tolist()]
     assert allowed == ["{"]
+
+
+def test_batch_masker_equals_the_row_masks(model: tuple[Any, Any]) -> None:
+    import torch
+
+    from inference.structured import BatchMasker
+
+    tokenizer, lm = model
+    vocab = lm.config.vocab_size
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": NESTED}}
+    built = structure(model, response_format=rf)
+    forced = structure(model, tools=TOOLS, tool_choice="required")
+    # Rows in different grammar states: fresh, inside a string, a tool call half way, unconstrained.
+    rows: list[Any] = [built.new_constraint(), built.new_constraint(), forced.new_constraint(), None]
+    for token in tokenizer('{"person":{"name":"Al', add_special_tokens=False)["input_ids"]:
+        rows[1].advance(token)
+    for token in tokenizer('<tool_call>\n{"name":"add","arguments":{"a":1', add_special_tokens=False)["input_ids"]:
+        rows[2].advance(token)
+    failed = built.new_constraint()
+    failed.advance(tokenizer("x", add_special_tokens=False)["input_ids"][0])  # not JSON: the matcher fails
+    rows.append(failed)
+    logits = torch.randn(len(rows), vocab)
+    masked = logits.clone()
+    masker = BatchMasker(vocab)
+    assert masker.apply(masked, rows) == [0, 1, 2, 4]
+    for i, row in enumerate(rows):
+        expected = logits[i] if row is None else logits[i].masked_fill(~row.allowed_mask(), float("-inf"))
+        assert torch.equal(masked[i], expected), i
+    assert torch.isfinite(masked[4]).nonzero().flatten().tolist() == [tokenizer.eos_token_id]
+    # The buffer is reused and grows: a bigger batch after a smaller one.
+    many = [built.new_constraint() for _ in range(9)]
+    wide = torch.randn(9, vocab)
+    assert masker.apply(wide, many) == list(range(9))
+    assert all(torch.isfinite(wide[i]).sum() == 1 for i in range(9))  # only "{" at the start
