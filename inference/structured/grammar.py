@@ -142,14 +142,44 @@ def _schema_grammar(schema: Any, *, strict: bool, param: str, tokenizer: llguida
     return grammar
 
 
+_ARGS_DEF = "mm_arguments"
+
+
+def _rebase_refs(node: Any) -> Any:
+    """References into the parameters schema, re-pointed after it moves under the call's $defs."""
+    if isinstance(node, dict):
+        out = {k: _rebase_refs(v) for k, v in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#") and not ref.startswith(("#/$defs/", "#/definitions/")):
+            out["$ref"] = f"#/$defs/{_ARGS_DEF}" + ref[1:]
+        return out
+    if isinstance(node, list):
+        return [_rebase_refs(v) for v in node]
+    return node
+
+
 def _call_schema(name: str, parameters: Any, strict: bool) -> dict[str, Any]:
-    return {
+    """{"name": <const>, "arguments": <parameters>} as one schema. The parameters' own $defs (and
+    definitions) move to the root, where their "#/$defs/..." references resolve."""
+    params = _rebase_refs(parameters) if isinstance(parameters, dict) else parameters
+    defs: dict[str, Any] = {}
+    definitions: dict[str, Any] = {}
+    if isinstance(params, dict):
+        params = dict(params)
+        defs.update(params.pop("$defs", None) or {})
+        definitions.update(params.pop("definitions", None) or {})
+    defs[_ARGS_DEF] = params
+    schema: dict[str, Any] = {
+        "$defs": defs,
         "type": "object",
-        "properties": {"name": {"const": name}, "arguments": parameters},
+        "properties": {"name": {"const": name}, "arguments": {"$ref": f"#/$defs/{_ARGS_DEF}"}},
         "required": ["name", "arguments"],
         "additionalProperties": False,
         "x-guidance": {**_JSON_OPTIONS, "lenient": not strict},
     }
+    if definitions:
+        schema["definitions"] = definitions
+    return schema
 
 
 def _lark_literal(text: str) -> str:

@@ -3,6 +3,8 @@ and validates against the schema (jsonschema), and a bad schema is a RequestInva
 
 from __future__ import annotations
 
+import datetime
+import enum
 import inspect
 import json
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from pydantic import BaseModel, Field
 
 from inference.structured import Structure, parse_tool_calls, structure_for
 from wire.protocol import RequestInvalid
@@ -287,3 +290,60 @@ def test_batch_masker_equals_the_row_masks(model: tuple[Any, Any]) -> None:
     wide = torch.randn(9, vocab)
     assert masker.apply(wide, many) == list(range(9))
     assert all(torch.isfinite(wide[i]).sum() == 1 for i in range(9))  # only "{" at the start
+
+
+class _Unit(enum.StrEnum):
+    C = "celsius"
+    F = "fahrenheit"
+
+
+class _Day(BaseModel):
+    date: datetime.date
+    high: int = Field(ge=-50, le=60)
+    note: str | None = Field(max_length=8)
+
+
+class _Forecast(BaseModel):
+    city: str = Field(description="City name", max_length=12)
+    unit: _Unit
+    days: list[_Day] = Field(max_length=2)
+
+
+def test_pydantic_schemas_with_defs_as_the_openai_client_sends_them(model: tuple[Any, Any]) -> None:
+    # `client.chat.completions.parse(response_format=Model)` and `openai.pydantic_function_tool(Model)`
+    # send strict schemas whose nested models are "$ref": "#/$defs/..." references.
+    import openai
+    from openai.lib._pydantic import to_strict_json_schema
+
+    schema = to_strict_json_schema(_Forecast)
+    assert "$defs" in schema
+    rf = {"type": "json_schema", "json_schema": {"name": "Forecast", "schema": schema, "strict": True}}
+    text, finish = generate(model, structure(model, response_format=rf), seed=4)
+    assert finish == "stop", text
+    jsonschema.validate(json.loads(text), schema)
+    _Forecast.model_validate_json(text)
+
+    tool: Any = openai.pydantic_function_tool(_Forecast)
+    built = structure(model, tools=[tool], tool_choice="required", parallel_tool_calls=False)
+    text, finish = generate(model, built, seed=4)
+    assert finish == "stop", text
+    _content, calls = parse_tool_calls(text, [tool])
+    _Forecast.model_validate_json(calls[0]["function"]["arguments"])
+
+
+def test_a_recursive_parameters_schema(model: tuple[Any, Any]) -> None:
+    # "#" inside the parameters means the parameters schema itself, wherever the call puts it.
+    tree = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "maxLength": 4},
+            "children": {"type": "array", "items": {"$ref": "#"}, "maxItems": 1},
+        },
+        "required": ["label", "children"],
+        "additionalProperties": False,
+    }
+    tools = [{"type": "function", "function": {"name": "tree", "parameters": tree}}]
+    text, finish = generate(model, structure(model, tools=tools, tool_choice="required", parallel_tool_calls=False))
+    assert finish == "stop", text
+    _content, calls = parse_tool_calls(text, tools)
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), tree)
