@@ -86,6 +86,8 @@ class ToolCallStream:
             pass
         if self._state == _TEXT:
             self._content(out, self._buf)
+        elif self._state == _HEAD_STATE and self.saw_tool_call:
+            pass  # the cut start of one more call (max_tokens): not content, and nothing to call
         elif self._state in (_HEAD_STATE, _REJECTED):
             self._content(out, TOOL_CALL_OPEN + self._buf)
         elif self._state == _ARGS:

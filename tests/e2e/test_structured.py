@@ -11,12 +11,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, cast
 
 import jsonschema
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel, Field
 
 from tests.e2e.support import ControlPlane, control_plane
 from tests.e2e.test_gateway import REGISTRY_REFRESH_S, client_for, journal, make_world
@@ -47,7 +48,10 @@ CITY = {
 }
 ADD = {
     "type": "object",
-    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+    "properties": {
+        "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
+        "b": {"type": "integer", "minimum": -1000, "maximum": 1000},
+    },
     "required": ["a", "b"],
     "additionalProperties": False,
 }
@@ -138,9 +142,20 @@ def test_json_schema_stream_validates(client: openai.OpenAI) -> None:
 
 
 def test_json_object_is_an_object(client: openai.OpenAI) -> None:
-    reply = create(client, messages=USER, response_format={"type": "json_object"}, max_tokens=300)
-    assert reply.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+    # Any object: with random weights some runs nest until max_tokens ("length"); those that end are objects.
+    finished = 0
+    for seed in range(4):
+        reply = create(
+            client, messages=USER, response_format={"type": "json_object"}, max_tokens=200, seed=seed, temperature=1.0
+        )
+        content = reply.choices[0].message.content or ""
+        assert content.startswith("{")
+        if reply.choices[0].finish_reason == "stop":
+            finished += 1
+            assert isinstance(json.loads(content), dict)
+        else:
+            assert reply.choices[0].finish_reason == "length" and len(content) == 200
+    assert finished >= 1
 
 
 def test_max_tokens_cuts_a_structured_answer(client: openai.OpenAI) -> None:
@@ -156,7 +171,7 @@ def test_max_tokens_cuts_a_structured_answer(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "add"}}])
 def test_forced_call_validates(client: openai.OpenAI, tool_choice: Any) -> None:
     reply = create(
-        client, messages=USER, tools=TOOLS, tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=300
+        client, messages=USER, tools=TOOLS, tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=200
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -173,7 +188,7 @@ def test_forced_call_validates(client: openai.OpenAI, tool_choice: Any) -> None:
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_forecast"}}])
 def test_forced_call_streams_like_openai(client: openai.OpenAI, tool_choice: Any) -> None:
     chunks = stream(
-        client, messages=USER, tools=TOOLS, tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=300
+        client, messages=USER, tools=TOOLS, tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=200
     )
     content, calls, finish = streamed_calls(chunks)
     assert finish == "tool_calls" and content == ""
@@ -189,7 +204,7 @@ def test_forced_call_streams_like_openai(client: openai.OpenAI, tool_choice: Any
 def test_parallel_calls_each_validate(client: openai.OpenAI) -> None:
     # parallel_tool_calls defaults to true: the demo model, which never ends on its own, keeps
     # calling until max_tokens; every complete call validates and only the last may be cut.
-    reply = create(client, messages=USER, tools=TOOLS, tool_choice="required", max_tokens=300)
+    reply = create(client, messages=USER, tools=TOOLS, tool_choice="required", max_tokens=200)
     calls = reply.choices[0].message.tool_calls or []
     assert len(calls) >= 2
     assert len({c.id for c in calls}) == len(calls)
@@ -215,7 +230,7 @@ def test_conversation_with_a_tool_result(client: openai.OpenAI) -> None:
     # One tool: room in the 1024-token context for the call, its result and the answer.
     one_tool = TOOLS[1:]
     first = create(client, messages=USER, tools=one_tool, tool_choice="required", parallel_tool_calls=False,
-                   max_tokens=300)  # fmt: skip
+                   max_tokens=200)  # fmt: skip
     call = (first.choices[0].message.tool_calls or [])[0]
     messages: list[Any] = [
         *USER,
@@ -237,6 +252,42 @@ def test_conversation_with_a_tool_result(client: openai.OpenAI) -> None:
     assert call.id in rendered and '{"temperature": 21}' in rendered
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+class Sum(BaseModel):
+    """Add two integers."""
+
+    a: int
+    b: int
+
+
+class Weather(BaseModel):
+    city: str = Field(max_length=12)
+    unit: Literal["celsius", "fahrenheit"]
+    days: list[int] = Field(max_length=3)
+
+
+def test_openai_parse_helpers_get_typed_results(client: openai.OpenAI) -> None:
+    # What programs written for OpenAI do: a pydantic model as response_format, pydantic tools.
+    parsed = client.chat.completions.parse(
+        model="demo-llama", messages=cast(Any, USER), response_format=Weather, max_tokens=200
+    )
+    assert parsed.choices[0].finish_reason == "stop"
+    assert isinstance(parsed.choices[0].message.parsed, Weather)
+
+    called = client.chat.completions.parse(
+        model="demo-llama",
+        messages=cast(Any, USER),
+        tools=[openai.pydantic_function_tool(Sum)],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = (choice.message.tool_calls or [])[0]
+    assert call.type == "function" and call.function.name == "Sum"
+    assert isinstance(call.function.parsed_arguments, Sum)
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -130,6 +130,13 @@ def test_stream_cut_by_max_tokens_sends_the_partial_arguments() -> None:
     assert calls[0]["arguments"] == '{"a":12'
 
 
+def test_a_call_cut_in_its_head_after_complete_calls_is_dropped() -> None:
+    content, calls = parse_tool_calls(TWO_CALLS + '\n<tool_call>\n{"na', TOOLS)
+    assert content is None and len(calls) == 2
+    # Alone, it is what the model wrote: content.
+    assert parse_tool_calls('<tool_call>\n{"na', TOOLS) == ('<tool_call>\n{"na', [])
+
+
 def test_stream_of_plain_text_is_content_only() -> None:
     deltas, stream = stream_all("hello <tool world", 3)
     assert not stream.saw_tool_call
