@@ -85,6 +85,7 @@ def client(server: ControlPlane, node: InferenceNode) -> openai.OpenAI:
 
 def create(client: openai.OpenAI, **kwargs: Any) -> ChatCompletion:
     """A non-streamed chat completion, its body validated by the openai package's own type."""
+    kwargs.setdefault("temperature", 0)  # greedy unless a test samples: reproducible runs
     raw = client.chat.completions.with_raw_response.create(model="demo-llama", **kwargs)
     body = raw.http_response.json()
     completion = ChatCompletion.model_validate(body)
@@ -95,18 +96,21 @@ def create(client: openai.OpenAI, **kwargs: Any) -> ChatCompletion:
 
 def stream(client: openai.OpenAI, **kwargs: Any) -> list[ChatCompletionChunk]:
     chunks = []
+    kwargs.setdefault("temperature", 0)
     for chunk in client.chat.completions.create(model="demo-llama", stream=True, **kwargs):
         chunks.append(ChatCompletionChunk.model_validate(chunk.to_dict()))
     return chunks
 
 
-def streamed_calls(chunks: list[ChatCompletionChunk]) -> tuple[str, list[dict[str, str]], str | None]:
-    """(content, calls, finish_reason) of a stream; checks each call opens as OpenAI's do."""
+def streamed_calls(chunks: list[ChatCompletionChunk], index: int = 0) -> tuple[str, list[dict[str, str]], str | None]:
+    """(content, calls, finish_reason) of one choice of a stream; checks each call opens as OpenAI's do."""
     content = ""
     calls: list[dict[str, str]] = []
     finish = None
     for chunk in chunks:
         for choice in chunk.choices:
+            if choice.index != index:
+                continue
             finish = choice.finish_reason or finish
             content += choice.delta.content or ""
             for part in choice.delta.tool_calls or []:
@@ -224,6 +228,35 @@ def test_free_choice_answers_text(client: openai.OpenAI, tool_choice: Any) -> No
     assert choice.finish_reason == "length"
 
 
+def test_free_choice_streams_text(client: openai.OpenAI) -> None:
+    chunks = stream(client, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=12)
+    content, calls, finish = streamed_calls(chunks)
+    assert not calls and len(content) == 12 and finish == "length"
+
+
+def test_each_of_n_choices_is_constrained(client: openai.OpenAI) -> None:
+    reply = create(client, messages=USER, response_format=RESPONSE_FORMAT, n=2, seed=9, temperature=1.0, max_tokens=300)
+    assert [c.index for c in reply.choices] == [0, 1]
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content or ""), FORECAST)
+    chunks = stream(
+        client,
+        messages=USER,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        parallel_tool_calls=False,
+        n=2,
+        seed=9,
+        temperature=1.0,
+        max_tokens=200,
+    )
+    for index in (0, 1):
+        _content, calls, finish = streamed_calls(chunks, index)
+        assert finish == "tool_calls" and len(calls) == 1 and calls[0]["name"] == "add"
+        jsonschema.validate(json.loads(calls[0]["arguments"]), ADD)
+
+
 def test_conversation_with_a_tool_result(client: openai.OpenAI) -> None:
     from transformers import AutoTokenizer
 
@@ -270,7 +303,7 @@ class Weather(BaseModel):
 def test_openai_parse_helpers_get_typed_results(client: openai.OpenAI) -> None:
     # What programs written for OpenAI do: a pydantic model as response_format, pydantic tools.
     parsed = client.chat.completions.parse(
-        model="demo-llama", messages=cast(Any, USER), response_format=Weather, max_tokens=200
+        model="demo-llama", messages=cast(Any, USER), response_format=Weather, max_tokens=200, temperature=0
     )
     assert parsed.choices[0].finish_reason == "stop"
     assert isinstance(parsed.choices[0].message.parsed, Weather)
@@ -282,6 +315,7 @@ def test_openai_parse_helpers_get_typed_results(client: openai.OpenAI) -> None:
         tool_choice="required",
         parallel_tool_calls=False,
         max_tokens=200,
+        temperature=0,
     )
     choice = called.choices[0]
     assert choice.finish_reason == "tool_calls"
