@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +37,9 @@ class TokenConstraint(Protocol):
 
 
 _tokenizers: dict[int, tuple[Any, llguidance.LLTokenizer]] = {}
+COMPILED_CACHE_SIZE = 256
+_compiled: OrderedDict[str, Structure] = OrderedDict()
+_compiled_lock = threading.Lock()
 _tokenizers_lock = threading.Lock()
 
 
@@ -243,6 +247,36 @@ def structure_for(
     if not forced and kind == "text":
         return None
     ll_tok = ll_tokenizer(tokenizer, vocab_size)
+    # Agents send the same tools and schemas turn after turn: compile each once (a structure is
+    # immutable; every sequence deep-copies its matcher).
+    key = json.dumps(
+        [id(ll_tok), response_format if not forced else None, tools if forced else None, only,
+         parallel_tool_calls is not False if forced else None],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    with _compiled_lock:
+        cached = _compiled.get(key)
+        if cached is not None:
+            _compiled.move_to_end(key)
+            return cached
+    built = _compile(response_format, tools, forced, only, parallel_tool_calls, kind, ll_tok, tokenizer)
+    with _compiled_lock:
+        _compiled[key] = built
+        while len(_compiled) > COMPILED_CACHE_SIZE:
+            _compiled.popitem(last=False)
+    return built
+
+
+def _compile(
+    response_format: Any,
+    tools: list[dict[str, Any]],
+    forced: bool,
+    only: str | None,
+    parallel_tool_calls: bool | None,
+    kind: str,
+    ll_tok: llguidance.LLTokenizer,
+    tokenizer: Any,
+) -> Structure:
     vocab = int(ll_tok.vocab_size)
     if forced:
         lark = _tools_lark(tools, only, parallel_tool_calls is not False, ll_tok)

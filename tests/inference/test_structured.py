@@ -347,3 +347,23 @@ def test_a_recursive_parameters_schema(model: tuple[Any, Any]) -> None:
     assert finish == "stop", text
     _content, calls = parse_tool_calls(text, tools)
     jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), tree)
+
+
+def test_a_structure_is_compiled_once_per_request_shape(model: tuple[Any, Any]) -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": WEATHER, "strict": True}}
+    first = structure(model, response_format=rf)
+    assert structure(model, response_format=json.loads(json.dumps(rf))) is first
+    other = {"type": "json_schema", "json_schema": {"name": "a", "schema": NESTED, "strict": True}}
+    assert structure(model, response_format=other) is not first
+    forced = structure(model, tools=TOOLS, tool_choice="required")
+    assert structure(model, tools=TOOLS, tool_choice="required") is forced
+    assert structure(model, tools=TOOLS, tool_choice="required", parallel_tool_calls=False) is not forced
+    # Sequences of one cached structure do not share grammar state.
+    a, b = first.new_constraint(), first.new_constraint()
+    a.advance(model[0]("{", add_special_tokens=False)["input_ids"][0])
+    assert [model[0].decode([i]) for i in b.allowed_mask().nonzero().flatten().tolist()] == ["{"]
+    # A schema that does not compile is refused every time, not remembered as good.
+    bad = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nope"}}}
+    for _ in range(2):
+        with pytest.raises(RequestInvalid):
+            structure(model, response_format=bad)
