@@ -156,12 +156,13 @@ async def response_collect(gen: Generation) -> dict[str, Any]:
     if isinstance(body, ChatCompletionRequest):
         asked = body.top_logprobs_count() is not None
         tools = body.tools if body.tools_active() else None
+        max_calls = 1 if body.parallel_tool_calls is False else None
         chat_choices = []
         for c in choices:
             content: str | None = c.text()
             calls: list[dict[str, Any]] = []
             if tools:
-                content, calls = structured_module().parse_tool_calls(c.text(), tools)
+                content, calls = structured_module().parse_tool_calls(c.text(), tools, max_calls=max_calls)
             finish = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
             chat_choices.append(
                 {
@@ -223,7 +224,8 @@ async def response_stream(gen: Generation) -> AsyncIterator[bytes]:
         base["service_tier"] = "default"
     usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
     tools = body.tools if isinstance(body, ChatCompletionRequest) and body.tools_active() else None
-    tool_streams = [structured_module().ToolCallStream(tools) for _ in range(n)] if tools else None
+    max_calls = 1 if isinstance(body, ChatCompletionRequest) and body.parallel_tool_calls is False else None
+    tool_streams = [structured_module().ToolCallStream(tools, max_calls=max_calls) for _ in range(n)] if tools else None
     echo = _echo(gen)
     started: set[int] = set()
 

@@ -8,9 +8,21 @@ this platform cannot honour is refused with a 400 naming it; nothing is accepted
 from __future__ import annotations
 
 import importlib
-from typing import Any, Literal, TypeVar
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from wire.shapes import RESPONSE_FORMAT_SCHEMA, TOOL_CHOICE_SCHEMA, TOOLS_SCHEMA
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -18,6 +30,25 @@ MAX_N = 128  # OpenAI's own bound; plans cap lower (the gateway's max_n)
 MAX_TOP_LOGPROBS = 20  # chat
 MAX_COMPLETION_LOGPROBS = 5  # completions
 METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+_TOKEN_ID = re.compile(r"^[0-9]{1,9}$")
+# The limits live in the types too, so the OpenAPI document states them.
+TokenBias = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=_TOKEN_ID.pattern)], Annotated[float, Field(ge=-100, le=100)]],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _TOKEN_ID.pattern},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        }
+    ),
+]
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=METADATA_KEY_CHARS)],
+        Annotated[str, StringConstraints(max_length=METADATA_VALUE_CHARS)],
+    ],
+    Field(max_length=METADATA_PAIRS),
+]
 
 
 class RequestInvalid(ValueError):
@@ -56,23 +87,9 @@ class ToolCall(_Strict):
     function: FunctionCall
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+class _Message(_Strict):
+    content: str | list[TextPart]
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None  # assistant
-    tool_call_id: str | None = None  # tool
-    refusal: str | None = None  # assistant, as the API sent it back
-
-    @model_validator(mode="after")
-    def _shape(self) -> ChatMessage:
-        if self.tool_calls and self.role != "assistant":
-            raise RequestInvalid("Only assistant messages carry 'tool_calls'.", param="tool_calls")
-        if self.role == "tool" and not self.tool_call_id:
-            raise RequestInvalid("A 'tool' message needs 'tool_call_id'.", param="tool_call_id")
-        if self.role != "assistant" and self.content is None:
-            raise RequestInvalid(f"A '{self.role}' message needs 'content'.", param="content")
-        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -83,14 +100,43 @@ class ChatMessage(_Strict):
 
     def template_dict(self) -> dict[str, Any]:
         """The message as a Hugging Face chat template takes it."""
-        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        out: dict[str, Any] = {"role": getattr(self, "role"), "content": self.text()}  # noqa: B009
         if self.name is not None:
             out["name"] = self.name
+        return out
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None  # type: ignore[assignment]  # none with tool calls
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None  # as the API sent it back
+
+    def template_dict(self) -> dict[str, Any]:
+        out = super().template_dict()
         if self.tool_calls:
             out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
-        if self.tool_call_id is not None:
-            out["tool_call_id"] = self.tool_call_id
         return out
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    tool_call_id: str
+
+    def template_dict(self) -> dict[str, Any]:
+        return {**super().template_dict(), "tool_call_id": self.tool_call_id}
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
 class StreamOptions(_Strict):
@@ -122,53 +168,49 @@ class _SamplingFields(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=MAX_N)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, int | float] | None = None
+    logit_bias: TokenBias | None = None
     user: str | None = None
     safety_identifier: str | None = Field(default=None, max_length=64)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     # Accepted at their no-op values only (the model is the tenant's, there is nothing to store).
-    store: bool | None = None
-    service_tier: str | None = None
+    store: Literal[False] | None = None
+    service_tier: Literal["auto", "default"] | None = None
 
-    @field_validator("stop")
+    # Before the type checks, so the message names the rule rather than a regular expression.
+    @field_validator("logit_bias", mode="before")
     @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias(cls, value: dict[str, int | float] | None) -> dict[str, int | float] | None:
-        for key, bias in (value or {}).items():
-            if not key.isdigit() or len(key) > 9:
+    def _bias(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for key, bias in value.items():
+            if not isinstance(key, str) or not _TOKEN_ID.match(key):
                 raise RequestInvalid(
                     f"'logit_bias' keys must be token ids (integers as strings); got {key!r}.", param="logit_bias"
                 )
-            if not -100 <= bias <= 100:
+            if isinstance(bias, int | float) and not isinstance(bias, bool) and not -100 <= bias <= 100:
                 raise RequestInvalid(
                     f"'logit_bias' values must be between -100 and 100; token {key} has {bias}.", param="logit_bias"
                 )
         return value
 
-    @field_validator("metadata")
+    @field_validator("metadata", mode="before")
     @classmethod
-    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
+    def _metadata(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
             return value
         if len(value) > METADATA_PAIRS:
             raise RequestInvalid(f"'metadata' holds at most {METADATA_PAIRS} pairs.", param="metadata")
         for key, item in value.items():
             if len(key) > METADATA_KEY_CHARS:
                 raise RequestInvalid(f"'metadata' keys are at most {METADATA_KEY_CHARS} characters.", param="metadata")
-            if len(item) > METADATA_VALUE_CHARS:
+            if isinstance(item, str) and len(item) > METADATA_VALUE_CHARS:
                 raise RequestInvalid(
                     f"'metadata' values are at most {METADATA_VALUE_CHARS} characters (key {key!r}).", param="metadata"
                 )
@@ -178,10 +220,6 @@ class _SamplingFields(_Strict):
     def _common(self) -> _SamplingFields:
         if self.stream_options is not None and not self.stream:
             raise RequestInvalid("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-        if self.store:
-            raise _unsupported("store", "true (stored completions)")
-        if self.service_tier not in (None, "auto", "default"):
-            raise _unsupported("service_tier", f"{self.service_tier!r}")
         return self
 
     @property
@@ -202,7 +240,7 @@ class _SamplingFields(_Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     def token_bias(self) -> dict[int, float]:
-        return {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+        return {int(k): v for k, v in (self.logit_bias or {}).items()}
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -211,9 +249,9 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     # Typed loosely here: wire.structured checks their shape and names the offending path.
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    response_format: Annotated[dict[str, Any] | None, WithJsonSchema(RESPONSE_FORMAT_SCHEMA)] = None
+    tools: Annotated[list[dict[str, Any]] | None, WithJsonSchema(TOOLS_SCHEMA)] = None
+    tool_choice: Annotated[str | dict[str, Any] | None, WithJsonSchema(TOOL_CHOICE_SCHEMA)] = None
     parallel_tool_calls: bool | None = None
     # No-op values only: this platform serves text models without audio, predictions or reasoning.
     modalities: list[Literal["text"]] | None = None
@@ -257,28 +295,22 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # One prompt: text, or token ids (several prompts in one request are not served; use n).
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=1)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=1)]
+    )
     echo: bool | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1)
-    suffix: str | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _single_prompt(cls, value: str | list[str] | list[int] | list[list[int]]) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise RequestInvalid("'prompt' must not be empty.", param="prompt", code="invalid_value")
-            if isinstance(value[0], str | list) and len(value) != 1:
-                raise _unsupported("prompt", "as a batch of several prompts (send one per request, or use 'n')")
-        return value
+    suffix: Literal[""] | None = None  # insertion is not served
 
     @model_validator(mode="after")
     def _completion(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.choices():
             raise _unsupported("best_of", "other than 'n'")
-        if self.suffix:
-            raise _unsupported("suffix", "(insertion)")
         return self
 
     def prompt_text(self) -> str | None:
@@ -304,18 +336,24 @@ class CompletionRequest(_SamplingFields):
         return self.logprobs
 
 
+# Fields taken at their no-op values only: any other value is a feature not served here.
+_NO_OP_ONLY = frozenset({"store", "service_tier", "suffix", "modalities"})
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"})
 
 
 def _param_of(loc: tuple[int | str, ...]) -> str | None:
     out = ""
+    previous: int | str | None = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-            continue
-        if part in _TYPE_TAGS or not part.isidentifier() or part[0].isupper():
-            continue  # a union member's or a validator's tag, not a field
-        out += f".{part}" if out else part
+        elif part in _TYPE_TAGS or not part.isidentifier() or part[0].isupper():
+            pass  # a union member's or a validator's tag, not a field
+        elif isinstance(previous, int) and part in ROLES:
+            pass  # the message union's tag (its role)
+        else:
+            out += f".{part}" if out else part
+        previous = part
     return out or None
 
 
@@ -357,9 +395,15 @@ def _invalid(exc: ValidationError) -> RequestInvalid:
             return RequestInvalid(raised.message, param=param, code=raised.code or "invalid_value")
     param = _param_of(first["loc"])
     kind = first["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        # The message union's discriminator: name the field itself.
+        param = f"{param}.role" if param else "role"
+        if kind == "union_tag_not_found":
+            return RequestInvalid(f"'{param}' is a required property.", param=param, code="missing_required_parameter")
+        return RequestInvalid(f"{param}: must be one of {', '.join(sorted(ROLES))}.", param=param, code="invalid_value")
     if kind == "extra_forbidden":
         return RequestInvalid(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
-    if kind == "none_required":
+    if kind == "none_required" or (kind == "literal_error" and param in _NO_OP_ONLY):
         # A field accepted only at its no-op value (null) got a real one.
         return RequestInvalid(f"'{param}' is not supported.", param=param, code="unsupported_parameter")
     if kind == "missing":

@@ -41,25 +41,25 @@ class SequenceSampler:
             else:
                 self.generator.seed()
 
-    @property
-    def plain(self) -> bool:
-        """Greedy with nothing to adjust: the batch's argmax is this sequence's choice."""
+    def plain(self, *, masked: bool = False) -> bool:
+        """Greedy with nothing to adjust: the batch's argmax is this sequence's choice (`masked`:
+        the batch's logits already carry this sequence's grammar mask)."""
         p = self.params
         return (
             p.greedy
-            and self.constraint is None
+            and (self.constraint is None or masked)
             and not p.logit_bias
             and not p.presence_penalty
             and not p.frequency_penalty
             and p.logprobs is None
         )
 
-    def _adjusted(self, logits: Any) -> Any:
+    def _adjusted(self, logits: Any, masked: bool) -> Any:
         import torch
 
         p = self.params
         x = logits.float()
-        if self.constraint is not None:
+        if self.constraint is not None and not masked:
             mask = self.constraint.allowed_mask()
             if mask is not None:
                 x = x.masked_fill(~mask.to(x.device, dtype=torch.bool)[: x.shape[-1]], float("-inf"))
@@ -75,12 +75,12 @@ class SequenceSampler:
             x = x - self._counts * p.frequency_penalty - (self._counts > 0).float() * p.presence_penalty
         return x
 
-    def choose(self, logits: Any) -> tuple[int, TokenLogprob | None]:
+    def choose(self, logits: Any, *, masked: bool = False) -> tuple[int, TokenLogprob | None]:
         """The next token from this sequence's row of logits, and its log-probability if asked."""
         import torch
 
         p = self.params
-        x = self._adjusted(logits)
+        x = self._adjusted(logits, masked)
         if p.greedy:
             token = int(torch.argmax(x).item())
         else:

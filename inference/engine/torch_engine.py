@@ -82,6 +82,7 @@ class TorchEngine(Engine):
         self._sinks: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._outbox: list[tuple[asyncio.Queue[EngineOutput], EngineOutput]] = []
         self._running = 0
+        self._batch_masker: Any = None
         self._healthy = False
         self._stopping = False
         # Decode steps taken and rows decoded, for the batch-size metric and benchmarks.
@@ -350,14 +351,18 @@ class TorchEngine(Engine):
         *,
         greedy_token: int | None = None,
         prompt_lps: list[TokenLogprob | None] | None = None,
+        masked: bool = False,
     ) -> None:
         import torch
 
         logprob = None
-        if row.sampler.plain:
+        sampler = row.sampler
+        if sampler.plain(masked=masked):
             token = greedy_token if greedy_token is not None else int(torch.argmax(logits).item())
+            if sampler.constraint is not None:
+                sampler.accepted(token, logits.shape[-1])
         else:
-            token, logprob = row.sampler.choose(logits)
+            token, logprob = sampler.choose(logits, masked=masked)
         self._accept(row, token, logprob, prompt_lps)
 
     def _decode(self, rows: list[_Row], cache: Any, mask: Any) -> Any:
@@ -372,11 +377,21 @@ class TorchEngine(Engine):
         logits = out.logits[:, -1, :]
         self.steps += 1
         self.rows_decoded += len(rows)
+        constraints = [r.sampler.constraint for r in rows]
+        # Grammar rows: every mask of the step in one call, applied in place to those rows only.
+        masked = any(c is not None for c in constraints) and bool(self._masker(logits).apply(logits, constraints))
         greedy = torch.argmax(logits, dim=-1).tolist()
         for i, row in enumerate(rows):
             row.length += 1
-            self._choose(row, logits[i], greedy_token=greedy[i])
+            self._choose(row, logits[i], greedy_token=greedy[i], masked=masked)
         return full_mask
+
+    def _masker(self, logits: Any) -> Any:
+        if self._batch_masker is None:
+            from inference.structured import BatchMasker  # llguidance: loaded only once grammars are used
+
+            self._batch_masker = BatchMasker(int(logits.shape[-1]))
+        return self._batch_masker
 
     def _accept(
         self,
