@@ -115,9 +115,11 @@ class Structure:
     vllm: dict[str, Any]  # StructuredOutputsParams(**vllm) on a vLLM node
     vocab_size: int
     eos: int
-    _prototype: llguidance.LLMatcher = field(repr=False, compare=False)
+    _prototype: llguidance.LLMatcher | None = field(repr=False, compare=False)
 
     def new_constraint(self) -> GrammarConstraint:
+        if self._prototype is None:
+            raise RuntimeError("compiled without a tokenizer: only vllm_params() is available")
         return GrammarConstraint(self._prototype.deep_copy(), self.vocab_size, self.eos)
 
     def vllm_params(self) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def _schema_grammar(schema: Any, *, strict: bool, param: str, tokenizer: llguidance.LLTokenizer) -> str:
+def _schema_grammar(schema: Any, *, strict: bool, param: str, tokenizer: llguidance.LLTokenizer | None) -> str:
     # strict: every keyword must be honoured (an unsupported one is a 400, as with OpenAI's strict
     # mode); otherwise keywords llguidance does not implement are ignored.
     options = {**_JSON_OPTIONS, "lenient": not strict}
@@ -191,7 +193,7 @@ def _lark_literal(text: str) -> str:
 
 
 def _tools_lark(
-    tools: Sequence[dict[str, Any]], only: str | None, parallel: bool, tokenizer: llguidance.LLTokenizer
+    tools: Sequence[dict[str, Any]], only: str | None, parallel: bool, tokenizer: llguidance.LLTokenizer | None
 ) -> str:
     """A Lark grammar for one call (or several, newline-separated) in the template's format."""
     rules: list[str] = []
@@ -246,12 +248,19 @@ def structure_for(
     kind = (response_format or {}).get("type", "text") if isinstance(response_format, dict) else "text"
     if not forced and kind == "text":
         return None
-    ll_tok = ll_tokenizer(tokenizer, vocab_size)
+    ll_tok = None
+    if tokenizer is not None:  # None: a vLLM node, which only needs the grammar passed through
+        try:
+            ll_tok = ll_tokenizer(tokenizer, vocab_size)
+        except (ValueError, TypeError) as exc:  # a slow (Python) tokenizer: llguidance needs a fast one
+            param = "tools" if forced else "response_format"
+            message = f"{param}: structured outputs are not available for this model ({exc})"
+            raise RequestInvalid(message, param=param) from exc
     # Agents send the same tools and schemas turn after turn: compile each once (a structure is
     # immutable; every sequence deep-copies its matcher).
     key = json.dumps(
-        [id(ll_tok), response_format if not forced else None, tools if forced else None, only,
-         parallel_tool_calls is not False if forced else None],
+        [None if ll_tok is None else id(ll_tok), None if forced else response_format, tools if forced else None,
+         only, parallel_tool_calls is not False if forced else None],
         sort_keys=True, default=str,
     )  # fmt: skip
     with _compiled_lock:
@@ -274,10 +283,9 @@ def _compile(
     only: str | None,
     parallel_tool_calls: bool | None,
     kind: str,
-    ll_tok: llguidance.LLTokenizer,
+    ll_tok: llguidance.LLTokenizer | None,
     tokenizer: Any,
 ) -> Structure:
-    vocab = int(ll_tok.vocab_size)
     if forced:
         lark = _tools_lark(tools, only, parallel_tool_calls is not False, ll_tok)
         grammar = llguidance.LLMatcher.grammar_from_lark(lark)
@@ -298,6 +306,11 @@ def _compile(
             f"response_format.type: {kind!r} is not one of 'text', 'json_object', 'json_schema'",
             param="response_format.type",
         )
+    if ll_tok is None:
+        error = llguidance.LLMatcher.validate_grammar(grammar)
+        if error:
+            raise RequestInvalid(f"{param}: cannot be compiled: {error}", param=param)
+        return Structure(grammar=grammar, tool_mode=forced, vllm=vllm, vocab_size=0, eos=-1, _prototype=None)
     matcher = llguidance.LLMatcher(ll_tok, grammar, log_level=0)
     if matcher.is_error():
         raise RequestInvalid(f"{param}: cannot be compiled: {matcher.get_error()}", param=param)
@@ -306,7 +319,7 @@ def _compile(
         grammar=grammar,
         tool_mode=forced,
         vllm=vllm,
-        vocab_size=vocab,
+        vocab_size=int(ll_tok.vocab_size),
         eos=int(eos if eos is not None else ll_tok.eos_token),
         _prototype=matcher,
     )

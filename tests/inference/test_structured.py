@@ -367,3 +367,33 @@ def test_a_structure_is_compiled_once_per_request_shape(model: tuple[Any, Any]) 
     for _ in range(2):
         with pytest.raises(RequestInvalid):
             structure(model, response_format=bad)
+
+
+def test_without_a_tokenizer_only_the_vllm_pass_through_is_built() -> None:
+    # A vLLM node: the grammar is checked and handed to vLLM, no matcher is built here.
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": WEATHER}}
+    fields: dict[str, Any] = {"tools": None, "tool_choice": None, "parallel_tool_calls": None, "tokenizer": None}
+    built = structure_for(response_format=rf, **fields)
+    assert built is not None and built.vllm_params() == {"json": WEATHER}
+    with pytest.raises(RuntimeError):
+        built.new_constraint()
+    with pytest.raises(RequestInvalid) as bad:
+        structure_for(
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nope"}}}, **fields
+        )
+    assert bad.value.param == "response_format.json_schema.schema"
+
+
+def test_a_slow_tokenizer_is_a_clear_400_not_a_crash(demo_model: Path) -> None:
+    class SlowTokenizer:  # what llguidance refuses: not a fast (Rust) tokenizer
+        eos_token_id = 0
+
+    with pytest.raises(RequestInvalid, match="not available for this model") as refused:
+        structure_for(
+            response_format={"type": "json_object"},
+            tools=None,
+            tool_choice=None,
+            parallel_tool_calls=None,
+            tokenizer=SlowTokenizer(),
+        )
+    assert refused.value.param == "response_format"
