@@ -161,6 +161,9 @@ class ToolCallStream:
 
     def _step_args(self, out: list[dict[str, Any]]) -> bool:
         end = self._buf.find(TOOL_CALL_CLOSE)
+        while end != -1 and _inside_string(self._buf[:end]):
+            # "</tool_call>" inside a JSON string of the arguments is text, not the end of the call.
+            end = self._buf.find(TOOL_CALL_CLOSE, end + 1)
         if end == -1:
             # Hold back what may be the call's closing brace, whitespace and the close marker.
             safe_text = self._buf[: len(self._buf) - _held_prefix(self._buf, TOOL_CALL_CLOSE)].rstrip()
@@ -213,6 +216,19 @@ class ToolCallStream:
     def _args(self, out: list[dict[str, Any]], fragment: str) -> None:
         if fragment and not self._suppress:
             out.append({"tool_calls": [{"index": self._calls - 1, "function": {"arguments": fragment}}]})
+
+
+def _inside_string(text: str) -> bool:
+    """Whether JSON text ends inside a string literal."""
+    inside = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = inside
+        elif ch == '"':
+            inside = not inside
+    return inside
 
 
 def _whole_call(block: str, names: set[str]) -> tuple[str, str] | None:

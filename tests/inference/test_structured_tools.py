@@ -137,6 +137,14 @@ def test_a_call_cut_in_its_head_after_complete_calls_is_dropped() -> None:
     assert parse_tool_calls('<tool_call>\n{"na', TOOLS) == ('<tool_call>\n{"na', [])
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_a_close_marker_inside_an_argument_string_is_text(chunk: int) -> None:
+    text = '<tool_call>\n{"name":"add","arguments":{"note":"a \\" </tool_call> b","a":1}}\n</tool_call>'
+    deltas, _ = stream_all(text, chunk)
+    _content, calls = assemble(deltas)
+    assert json.loads(calls[0]["arguments"]) == {"note": 'a " </tool_call> b', "a": 1}
+
+
 def test_stream_of_plain_text_is_content_only() -> None:
     deltas, stream = stream_all("hello <tool world", 3)
     assert not stream.saw_tool_call
