@@ -393,6 +393,13 @@ def _invalid(exc: ValidationError) -> RequestInvalid:
             elif where and not param:
                 param = where
             return RequestInvalid(raised.message, param=param, code=raised.code or "invalid_value")
+    for error in errors:
+        loc = [str(part) for part in error["loc"]]
+        if error["type"] == "literal_error" and "content" in loc and loc[-1] == "type":
+            # A content part of a kind this platform does not serve (images, audio, files).
+            return RequestInvalid(
+                "Only text content parts are supported.", param=_param_of(error["loc"]), code="unsupported_content"
+            )
     param = _param_of(first["loc"])
     kind = first["type"]
     if kind in ("union_tag_invalid", "union_tag_not_found"):

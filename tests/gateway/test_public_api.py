@@ -269,6 +269,18 @@ BAD_BODIES: list[tuple[bytes | dict[str, Any], int, str | None, str | None]] = [
     ({**CHAT, "store": True}, 400, "store", "unsupported_parameter"),
     ({**CHAT, "tool_choice": "required"}, 400, "tool_choice", "invalid_value"),
     ({**CHAT, "frobnicate": 1}, 400, "frobnicate", "unknown_parameter"),
+    (
+        {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        400,
+        "messages[0].content[0].type",
+        "unsupported_content",
+    ),
+    (
+        {**CHAT, "messages": [{"role": "tool", "content": "x"}]},
+        400,
+        "messages[0].tool_call_id",
+        "missing_required_parameter",
+    ),
     ({**CHAT, "stream_options": {"include_usage": True}}, 400, "stream_options", "invalid_value"),
     ({**CHAT, "stop": [1]}, 400, "stop", "invalid_type"),
 ]
