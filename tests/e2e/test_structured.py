@@ -257,6 +257,25 @@ def test_each_of_n_choices_is_constrained(client: openai.OpenAI) -> None:
         jsonschema.validate(json.loads(calls[0]["arguments"]), ADD)
 
 
+def test_logprobs_of_a_constrained_answer_are_finite(client: openai.OpenAI) -> None:
+    # Most tokens are impossible under the grammar (-inf): what comes back must still be JSON numbers.
+    for stream_it in (False, True):
+        kwargs: dict[str, Any] = {
+            "messages": USER, "response_format": RESPONSE_FORMAT, "max_tokens": 20, "logprobs": True, "top_logprobs": 5,
+        }  # fmt: skip
+        if stream_it:
+            entries = [e for c in stream(client, **kwargs) for ch in c.choices
+                       for e in ((ch.logprobs.content if ch.logprobs is not None else None) or [])]  # fmt: skip
+        else:
+            logprobs = create(client, **kwargs).choices[0].logprobs
+            entries = list(logprobs.content or []) if logprobs is not None else []
+        assert len(entries) == 20
+        for entry in entries:
+            assert -1e9 < entry.logprob <= 0
+            assert 1 <= len(entry.top_logprobs) <= 5
+            assert all(-1e9 < top.logprob <= 0 for top in entry.top_logprobs)
+
+
 def test_conversation_with_a_tool_result(client: openai.OpenAI) -> None:
     from transformers import AutoTokenizer
 
