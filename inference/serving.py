@@ -209,7 +209,8 @@ class OpenAIServing:
             )
         max_tokens, param = requested
         if max_tokens is not None:
-            if max_tokens <= 0:
+            scoring = max_tokens == 0 and isinstance(body, CompletionRequest) and bool(body.echo)
+            if max_tokens <= 0 and not scoring:
                 raise APIError(400, f"{param} must be at least 1", param=param, code="invalid_value")
             if max_tokens > served.max_tokens:
                 raise APIError(

@@ -303,6 +303,8 @@ class CompletionRequest(_SamplingFields):
         | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=1)]
     )
     echo: bool | None = None
+    # 0 with echo scores the prompt alone (its logprobs), as evaluation harnesses ask.
+    max_tokens: int | None = Field(default=None, ge=0)
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1)
     suffix: Literal[""] | None = None  # insertion is not served
@@ -311,6 +313,8 @@ class CompletionRequest(_SamplingFields):
     def _completion(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.choices():
             raise _unsupported("best_of", "other than 'n'")
+        if self.max_tokens == 0 and not self.echo:
+            raise RequestInvalid("'max_tokens' may be 0 only with 'echo' true.", param="max_tokens")
         return self
 
     def prompt_text(self) -> str | None:

@@ -333,6 +333,11 @@ class TorchEngine(Engine):
         prompt_lps = None
         if params.prompt_logprobs is not None:
             prompt_lps = prompt_logprobs(out.logits[0], request.prompt_ids, params.prompt_logprobs)
+        if params.max_tokens == 0:  # the prompt scored (echo), nothing generated
+            for row in rows:
+                self._emit(row, EngineOutput(text="", index=row.index, prompt_logprobs=prompt_lps))
+                self._finish(row, "length")
+            return [], cache
         last = out.logits[0, -1, :]
         for row in rows:
             self._choose(row, last, prompt_lps=prompt_lps)

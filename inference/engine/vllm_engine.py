@@ -89,6 +89,8 @@ class VLLMEngine(Engine):
         finished = False
         produced: dict[int, int] = {}
         done: set[int] = set()
+        started: set[int] = set()
+        prompt_lps: list[TokenLogprob | None] | None = None
         n = request.params.n
         try:
             async for out in self._llm.generate(
@@ -97,10 +99,17 @@ class VLLMEngine(Engine):
                 request.request_id,
                 priority=-request.priority,  # vLLM serves lower values first; ours are higher-first
             ):
-                prompt_lps = _prompt_logprobs(getattr(out, "prompt_logprobs", None), request)
+                # The prompt's logprobs come once (DELTA); each choice gets them on its first output.
+                prompt_lps = prompt_lps or _prompt_logprobs(getattr(out, "prompt_logprobs", None), request)
                 for completion in out.outputs:
                     index = int(getattr(completion, "index", 0))
                     if index in done:
+                        continue
+                    if request.params.max_tokens == 0:  # the prompt scored: nothing generated is kept
+                        done.add(index)
+                        yield EngineOutput(
+                            text="", finished=True, finish_reason="length", index=index, prompt_logprobs=prompt_lps
+                        )
                         continue
                     produced[index] = produced.get(index, 0) + len(completion.token_ids)
                     ended = completion.finish_reason is not None or (out.finished and n == 1)
@@ -115,9 +124,9 @@ class VLLMEngine(Engine):
                         completion_tokens=produced[index],
                         index=index,
                         logprobs=_logprobs(completion, request.params.logprobs),
-                        prompt_logprobs=prompt_lps,
+                        prompt_logprobs=None if index in started else prompt_lps,
                     )
-                    prompt_lps = None
+                    started.add(index)
                 if len(done) >= n or out.finished:
                     finished = True
                     if len(done) < n:  # the request ended without every sequence: treat as aborted
@@ -144,7 +153,7 @@ def sampling_params(p: SamplingParams) -> Any:
 
     kwargs: dict[str, Any] = {
         "n": p.n,
-        "max_tokens": p.max_tokens,
+        "max_tokens": max(1, p.max_tokens),  # 0 (echo scoring): one token made, then dropped
         "temperature": p.temperature,
         "top_p": p.top_p,
         "seed": p.seed,

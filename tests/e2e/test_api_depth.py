@@ -187,6 +187,19 @@ def test_completions_echo_logprobs_and_stream(server: ControlPlane, world: World
         assert all(v <= 0 for v in lp["token_logprobs"][1:])
         assert all(len(top) <= 2 and top for top in lp["top_logprobs"][1:])
     assert body["usage"]["completion_tokens"] == 12
+    # max_tokens 0 with echo scores the prompt alone (what evaluation harnesses send).
+    _, scored = _raw(
+        client, "completions", model="demo-llama", prompt=prompt, max_tokens=0, temperature=0, echo=True, logprobs=1
+    )
+    assert scored["choices"][0]["text"] == prompt and scored["choices"][0]["finish_reason"] == "length"
+    assert (
+        scored["choices"][0]["logprobs"]["token_logprobs"]
+        == body["choices"][0]["logprobs"]["token_logprobs"][: len(prompt_ids)]
+    )
+    assert scored["usage"]["completion_tokens"] == 0 and scored["usage"]["prompt_tokens"] == len(prompt_ids)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="demo-llama", prompt=prompt, max_tokens=0)
+    assert bad.value.param == "max_tokens"
     events = _events(client, "completions", model="demo-llama", prompt=prompt, max_tokens=6, temperature=0, echo=True)
     for event in events:
         # A stream's chunks carry finish_reason null until the last (as OpenAI's do); the openai

@@ -95,6 +95,8 @@ def _fix_up(case: Any, real: bool) -> None:
         body.pop("top_logprobs")
     if body.get("best_of") is not None and body["best_of"] != (body.get("n") or 1):
         body.pop("best_of")
+    if body.get("max_tokens") == 0 and body.get("echo") is not True:
+        body.pop("max_tokens")
     tokens = body.get("max_tokens"), body.get("max_completion_tokens")
     if None not in tokens and tokens[0] != tokens[1]:
         body.pop("max_completion_tokens")

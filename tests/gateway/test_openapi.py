@@ -165,6 +165,8 @@ COMPLETION_CASES: list[dict[str, Any]] = [
     {"model": "m", "prompt": "hi", "logprobs": 6},
     {"model": "m", "prompt": [[1, 2, 3]]},
     {"model": "m", "prompt": "hi", "suffix": None},
+    {"model": "m", "prompt": "hi", "echo": True, "max_tokens": 0, "logprobs": 0},
+    {"model": "m", "prompt": "hi", "max_tokens": 0},
 ]
 
 
@@ -188,6 +190,7 @@ def _cross_field(body: dict[str, Any]) -> bool:
             and body["max_tokens"] != body["max_completion_tokens"]
         )
         or bool(body.get("top_logprobs") and not body.get("logprobs"))
+        or (body.get("max_tokens") == 0 and "prompt" in body and body.get("echo") is not True)
     )
 
 

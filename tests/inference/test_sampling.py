@@ -112,6 +112,11 @@ async def test_prompt_logprobs_cover_the_prompt(engine: Any) -> None:
     assert seq.prompt_logprobs[0] is None
     for token, lp in zip(ids[1:], seq.prompt_logprobs[1:], strict=True):
         assert lp is not None and lp.token_id == token and lp.logprob <= 0 and len(lp.top) == 2
+    # max_tokens 0 scores the prompt alone: the same logprobs, nothing generated, for every choice.
+    scored = await run(engine, "score", prompt, max_tokens=0, temperature=0, prompt_logprobs=2, n=2)
+    for choice in scored:
+        assert (choice.tokens, choice.text, choice.reason) == ([], "", "length")
+        assert choice.prompt_logprobs == seq.prompt_logprobs
 
 
 class _DigitsThenDone:
