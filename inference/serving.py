@@ -238,6 +238,7 @@ class OpenAIServing:
             priority=ctx.priority,
             max_inflight=ctx.max_inflight,
             max_queued=ctx.max_queued,
+            slots=params.n,
         )
         arrival_wall, arrival = time.time(), time.monotonic()
         try:
