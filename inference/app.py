@@ -328,6 +328,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         start: Callable[[SignedContext, Any], Awaitable[Generation]],
         model_cls: type[ChatCompletionRequest] | type[CompletionRequest],
     ) -> Response:
+        started = time.monotonic()
         body_bytes = await _read_body(request, node)
         ctx = await _authenticate(request, node, body_bytes)
         try:
@@ -335,7 +336,6 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
         log_bind(model=body.model)
-        chat = model_cls is ChatCompletionRequest
         node.state.inflight += 1
         handed_off = False
         try:
@@ -344,16 +344,16 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
                 nonlocal handed_off
                 gen = await start(ctx, body)
                 headers = {"x-request-id": gen.ticket.request_id, "x-mmorch-model-version": gen.model.version}
-                echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
-                if body.stream:
+                if body.streaming:
                     gen.streaming = True
                     handed_off = True
-                    stream = node.serving.stream(gen, chat=chat, include_usage=body.include_usage(), echo=echo)
+                    stream = node.serving.stream(gen)
                     return SSEResponse(stream, on_close=_stream_closed(gen), headers=headers)
                 try:
-                    payload = await node.serving.collect(gen, chat=chat, echo=echo)
+                    payload = await node.serving.collect(gen)
                 finally:
                     gen.close()
+                headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
                 return JSONBytes(payload, headers=headers)
 
             return await guard_disconnect(request, work())

@@ -14,16 +14,42 @@ import tempfile
 from pathlib import Path
 
 # Bump when the recipe changes so cached copies are rebuilt.
-DEMO_MODEL_REVISION = "4"
+DEMO_MODEL_REVISION = "6"
 MARKER = "demo_model_revision.txt"
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 # Like real templates it refuses what it cannot render: a conversation may not open with the
 # assistant (raise_exception, as Hugging Face templates do).
+# Tools follow the Hermes/Qwen format (inference/structured/tools.py parses it): the functions as
+# JSON lines in a system block, each call as <tool_call>\n{"name":...,"arguments":{...}}\n</tool_call>
+# (calls separated by a newline), each result as a tool message naming its call id.
 CHAT_TEMPLATE = (
     "{% if messages and messages[0]['role'] == 'assistant' %}"
     "{{ raise_exception('Conversations must not start with an assistant message.') }}{% endif %}"
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{{ bos_token }}"
+    # Hugging Face renders with trim_blocks: a newline right after a block tag is dropped, so
+    # newlines there are written as {{ nl }}.
+    "{% set nl = '\n' %}"
+    "{% if tools %}<|system|>\n# Tools\nYou may call one or more functions. Their signatures:\n<tools>\n"
+    # One compact JSON line per function (the context is short: 1024 tokens of one byte each).
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool)"
+    " | tojson(separators=(',', ':')) }}{{ nl }}{% endfor %}</tools>\n"
+    "To call a function, answer with one block per call:\n"
+    '<tool_call>\n{"name":<function-name>,"arguments":<arguments-object>}\n</tool_call>\n'
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "<|tool|>\n<tool_response id=\"{{ message['tool_call_id'] or '' }}\">\n"
+    "{{ message['content'] }}\n</tool_response>\n"
+    "{% else %}"
+    "<|{{ message['role'] }}|>\n{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] %}{% if message['content'] %}{{ nl }}{% endif %}"
+    "{% for call in message['tool_calls'] %}{% if not loop.first %}{{ nl }}{% endif %}"
+    "<tool_call>\n{\"name\":{{ call['function']['name'] | tojson }},\"arguments\":"
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}}\n</tool_call>"
+    "{% endfor %}{% endif %}{{ nl }}"
+    "{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
