@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # Bump when the recipe changes so cached copies are rebuilt.
@@ -149,23 +150,18 @@ def _byte_level_inverse() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
-def is_built(path: Path) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text().strip() == DEMO_MODEL_REVISION
-
-
-def build_demo_model(path: str | Path) -> Path:
-    """Write the model to `path` (no-op when a complete copy of this revision is there)."""
+def build_once(path: str | Path, *, marker: str, revision: str, build: Callable[[Path], object]) -> Path:
+    """Run `build(directory)` into a staging directory beside `path` and swap it in, so a reader never
+    sees a half-written model; a no-op when a complete copy of this revision is there already."""
     target = Path(path)
-    if is_built(target):
+    stamp = target / marker
+    if stamp.is_file() and stamp.read_text().strip() == revision:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and swap in, so a reader never sees a half-written directory.
-    staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _build_tokenizer(staging)
-        _build_model(staging)
-        (staging / MARKER).write_text(DEMO_MODEL_REVISION + "\n")
+        build(staging)
+        (staging / marker).write_text(revision + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -175,14 +171,29 @@ def build_demo_model(path: str | Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_cli(argv: list[str] | None, module: str, build: Callable[[str], Path]) -> int:
+    """`python -m <module> PATH`: build the model there."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m inference.demo_model PATH\n")
+        sys.stderr.write(f"usage: python -m {module} PATH\n")
         return 2
-    build_demo_model(args[0])
-    sys.stdout.write(f"demo model ready at {args[0]}\n")
+    build(args[0])
+    sys.stdout.write(f"model ready at {args[0]}\n")
     return 0
+
+
+def _build(directory: Path) -> None:
+    _build_tokenizer(directory)
+    _build_model(directory)
+
+
+def build_demo_model(path: str | Path) -> Path:
+    """Write the demo model to `path` (no-op when a complete copy of this revision is there)."""
+    return build_once(path, marker=MARKER, revision=DEMO_MODEL_REVISION, build=_build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return build_cli(argv, "inference.demo_model", build_demo_model)
 
 
 if __name__ == "__main__":
