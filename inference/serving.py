@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
+from inference.engine.embedding_engine import ENGINE_KIND_EMBEDDING
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
@@ -285,9 +286,21 @@ class OpenAIServing:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         return prompt_ids
 
+    def resolve_generative(self, name: str, version: str) -> ServedModel:
+        """A model that generates text; an embedding model asked for chat or completions is a 400."""
+        served = self.registry.resolve(name, version)
+        if getattr(served.engine, "kind", "") == ENGINE_KIND_EMBEDDING:
+            raise APIError(
+                400,
+                f"The model `{served.name}` makes embeddings only; call /v1/embeddings.",
+                param="model",
+                code="model_not_supported",
+            )
+        return served
+
     def tokenize(self, ctx: SignedContext, body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
         """`POST /v1/tokenize`: the prompt's token count, by exactly the code generation uses."""
-        served = self.registry.resolve(body.model, ctx.model_version)
+        served = self.resolve_generative(body.model, ctx.model_version)
         count = len(self.prompt_ids(served, body))
         return {
             "model": served.name,
@@ -298,11 +311,11 @@ class OpenAIServing:
         }
 
     async def start_chat(self, ctx: SignedContext, body: ChatCompletionRequest) -> Generation:
-        served = self.registry.resolve(body.model, ctx.model_version)
+        served = self.resolve_generative(body.model, ctx.model_version)
         return await self._admit(ctx, served, self.prompt_ids(served, body), body.requested_max_tokens(), body)
 
     async def start_completion(self, ctx: SignedContext, body: CompletionRequest) -> Generation:
-        served = self.registry.resolve(body.model, ctx.model_version)
+        served = self.resolve_generative(body.model, ctx.model_version)
         return await self._admit(ctx, served, self.prompt_ids(served, body), body.requested_max_tokens(), body)
 
     # -- responses -------------------------------------------------------------------------------
