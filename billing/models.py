@@ -133,6 +133,12 @@ class UsageRecord(models.Model):
     currency = models.CharField(max_length=3)
     cost = models.DecimalField(max_digits=COST_DIGITS, decimal_places=COST_PLACES)
     ingested_at = models.DateTimeField(default=timezone.now)
+    # Attribution the client sent: its end user (`safety_identifier` or `user`) and `metadata` tags.
+    end_user = models.CharField(max_length=256, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    # The request's W3C trace id ("" when it was not traced) and its share of the engine's busy time.
+    trace_id = models.CharField(max_length=32, blank=True, default="")
+    engine_ms = models.FloatField(default=0.0)
 
     class Meta:
         indexes = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import json
 import queue
 import sqlite3
 import threading
@@ -38,7 +39,11 @@ CREATE TABLE IF NOT EXISTS usage (
     started_at TEXT NOT NULL,
     finished_at TEXT NOT NULL,
     finished_ts REAL NOT NULL,
-    client_request_id TEXT NOT NULL DEFAULT ''
+    client_request_id TEXT NOT NULL DEFAULT '',
+    end_user TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    trace_id TEXT NOT NULL DEFAULT '',
+    engine_ms REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_finished_ts ON usage (finished_ts);
 """
@@ -59,7 +64,21 @@ COLUMNS = (
     "duration_ms",
     "started_at",
     "finished_at",
+    "end_user",
+    "metadata",
+    "trace_id",
+    "engine_ms",
 )
+_KEY = COLUMNS.index("key")
+_METADATA = COLUMNS.index("metadata")
+# Columns later record versions added, with how a journal written before them is upgraded.
+_ADDED_COLUMNS = {
+    "client_request_id": "TEXT NOT NULL DEFAULT ''",
+    "end_user": "TEXT NOT NULL DEFAULT ''",
+    "metadata": "TEXT NOT NULL DEFAULT '{}'",
+    "trace_id": "TEXT NOT NULL DEFAULT ''",
+    "engine_ms": "REAL NOT NULL DEFAULT 0",
+}
 
 # Built from the fixed column names above, never from input.
 INSERT_SQL = f"INSERT INTO usage ({', '.join(COLUMNS)}, finished_ts) VALUES ({', '.join('?' for _ in COLUMNS)}, ?)"  # noqa: S608
@@ -83,10 +102,12 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
-    """Journals written before attempt ids had no client id column: its rows read as their own."""
+    """Adds the columns an older journal lacks; its rows read them empty (a client id of "" reads
+    as the attempt's own)."""
     names = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
-    if "client_request_id" not in names:
-        conn.execute("ALTER TABLE usage ADD COLUMN client_request_id TEXT NOT NULL DEFAULT ''")
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in names:
+            conn.execute(f"ALTER TABLE usage ADD COLUMN {name} {definition}")
 
 
 class Journal:
@@ -175,7 +196,8 @@ class Journal:
             for record, _ in batch:
                 values = [getattr(record, c) for c in COLUMNS]
                 # The columns predate integer ids (TEXT, "" for no key); readers convert back.
-                values[3] = "" if record.key is None else str(record.key)
+                values[_KEY] = "" if record.key is None else str(record.key)
+                values[_METADATA] = json.dumps(record.metadata, separators=(",", ":"))
                 cursor = conn.execute(insert, (*values, _finished_ts(record)))
                 seqs.append(int(cursor.lastrowid or 0))
             conn.execute("COMMIT")
@@ -217,6 +239,10 @@ class Journal:
         has_more = len(rows) > limit
         rows = rows[:limit]
         names = ("seq", *COLUMNS)
-        records = [JournalRecord.model_validate(dict(zip(names, row, strict=True))) for row in rows]
+        records = []
+        for row in rows:
+            stored = dict(zip(names, row, strict=True))
+            stored["metadata"] = json.loads(stored["metadata"])
+            records.append(JournalRecord.model_validate(stored))
         next_after = records[-1].seq if records else after
         return JournalPage(records=records, next_after=next_after, has_more=has_more)

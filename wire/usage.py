@@ -6,7 +6,9 @@ reader can refuse a shape it does not know instead of mis-billing it.
 
 Version 2 keys a record on the attempt's own id (`request_id`, unique per attempt) and carries
 the client's id beside it (`client_request_id`); version 1 had only the client's id, which is
-read as both.
+read as both. Version 3 adds attribution and serving cost: the end user the client named
+(`end_user`, from `safety_identifier` or `user`), the client's `metadata` tags, the request's
+`trace_id` and `engine_ms` (its share of the engine's busy time); older records read them empty.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-JOURNAL_RECORD_VERSION = 2
+JOURNAL_RECORD_VERSION = 3
 # Versions this reader understands; an older one is read into the current shape.
-JOURNAL_RECORD_VERSIONS = frozenset({1, 2})
+JOURNAL_RECORD_VERSIONS = frozenset({1, 2, 3})
 
 Outcome = Literal["stop", "length", "aborted", "error"]
+
+# OpenAI's limits on `metadata` (and the ledger's on an end-user id).
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+END_USER_MAX = 256
+TRACE_ID_LENGTH = 32  # W3C trace id: 32 lowercase hex digits
 
 
 class UnknownRecordVersion(ValueError):
@@ -49,6 +58,10 @@ class JournalRecord(BaseModel):
     duration_ms: float = Field(ge=0)
     started_at: str  # ISO 8601, UTC
     finished_at: str
+    end_user: str = Field(default="", max_length=END_USER_MAX)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    trace_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
+    engine_ms: float = Field(default=0.0, ge=0)  # this request's share of the engine's busy time
 
     @model_validator(mode="before")
     @classmethod
@@ -63,6 +76,18 @@ class JournalRecord(BaseModel):
     def _no_key(cls, value: Any) -> Any:
         # Journals written before the key became an id store "" for "no key".
         return None if value == "" else value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > METADATA_MAX_PAIRS:
+            raise ValueError(f"metadata holds at most {METADATA_MAX_PAIRS} pairs")
+        for name, text in value.items():
+            if not name or len(name) > METADATA_MAX_KEY:
+                raise ValueError(f"metadata keys are 1 to {METADATA_MAX_KEY} characters")
+            if len(text) > METADATA_MAX_VALUE:
+                raise ValueError(f"metadata values are at most {METADATA_MAX_VALUE} characters")
+        return value
 
     @field_validator("model_version", mode="before")
     @classmethod

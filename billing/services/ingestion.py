@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from billing.models import IngestCursor, UsageRecord
 from billing.money import token_cost
@@ -84,12 +85,17 @@ class LedgerEntry:
     currency: str
     cost: Decimal
     ingested_at: datetime
+    end_user: str
+    metadata: dict[str, str]
+    trace_id: str
+    engine_ms: float
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in LEDGER_ENTRY_COLUMNS)
 
 
 LEDGER_ENTRY_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
+_METADATA_AT = LEDGER_ENTRY_COLUMNS.index("metadata")
 
 
 def _bounded(value: int, name: str, *, maximum: int = _INT32_MAX) -> int:
@@ -146,6 +152,10 @@ def _ledger_entry(record: JournalRecord, price: AppliedPrice, *, node_name: str,
         currency=price.currency,
         cost=usage_cost(record.prompt_tokens, record.completion_tokens, price.input_per_1m, price.output_per_1m),
         ingested_at=now,
+        end_user=record.end_user,
+        metadata=record.metadata,
+        trace_id=record.trace_id,
+        engine_ms=record.engine_ms,
     )
 
 
@@ -177,6 +187,10 @@ _PG_TYPES = {
     "currency": "varchar(3)",
     "cost": "numeric(28, 12)",
     "ingested_at": "timestamptz",
+    "end_user": "varchar(256)",
+    "metadata": "jsonb",
+    "trace_id": "varchar(32)",
+    "engine_ms": "double precision",
 }
 _COLUMN_LIST = ", ".join(LEDGER_ENTRY_COLUMNS)
 _STAGE = "billing_ingest_stage"
@@ -222,7 +236,9 @@ def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
         cursor.execute(_PG_STAGE_CREATE)
         with cursor.copy(f"COPY {_STAGE} ({_COLUMN_LIST}) FROM STDIN") as copy:
             for entry in entries:
-                copy.write_row(entry.values())
+                row = list(entry.values())
+                row[_METADATA_AT] = Jsonb(row[_METADATA_AT])
+                copy.write_row(row)
         cursor.execute(_PG_INSERT_AND_ROLL_UP, _ROLL_UP_PARAMS)
         counts = {int(tenant_id): int(n) for tenant_id, n in cursor.fetchall()}
         # Empty for the next batch of this transaction (a commit empties it as well).

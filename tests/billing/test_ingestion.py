@@ -297,3 +297,25 @@ def test_the_migration_gives_existing_rows_their_own_id_as_client_id() -> None:
         "before-1": "before-1",
         "before-2": "before-2",
     }
+
+
+def test_attribution_trace_and_engine_time_reach_the_ledger() -> None:
+    tenant = factories.tenant()
+    tagged = {
+        **journal_record(tenant, request_id="tagged-1"),
+        "end_user": "user-42",
+        "metadata": {"team": "search", "feature": "autocomplete"},
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "engine_ms": 17.5,
+    }
+    assert ledger_add([tagged, journal_record(tenant, request_id="plain-2")]) == 2
+    rows = {
+        row.request_id: (row.end_user, row.metadata, row.trace_id, row.engine_ms)
+        for row in UsageRecord.objects.filter(tenant=tenant)
+    }
+    assert rows == {
+        "tagged-1": ("user-42", {"team": "search", "feature": "autocomplete"}, tagged["trace_id"], 17.5),
+        "plain-2": ("", {}, "", 0.0),
+    }
+    # The tags are queryable as JSON (what the usage API's metadata filter relies on).
+    assert UsageRecord.objects.filter(tenant=tenant, metadata__team="search").count() == 1

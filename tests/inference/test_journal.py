@@ -158,3 +158,39 @@ async def test_a_journal_from_before_attempt_ids_is_upgraded_in_place(tmp_path: 
     journal.close()
     got = [(r.request_id, r.client_request_id) for r in journal.read_page(after=0, limit=10).records]
     assert got == [("client-1", "client-1"), ("attempt-2", "client-2")]
+
+
+@pytest.mark.slow
+async def test_a_journal_from_before_attribution_is_upgraded_and_keeps_it_after(tmp_path: Path) -> None:
+    import sqlite3
+
+    from inference.journal import SCHEMA
+
+    path = tmp_path / "j.sqlite3"
+    conn = sqlite3.connect(path)
+    before = SCHEMA.split(",\n    end_user")[0] + "\n);"  # the version 2 table
+    assert "metadata" not in before and "client_request_id" in before
+    conn.executescript(before)
+    conn.execute(
+        "INSERT INTO usage (request_id, client_request_id, tenant, key, model, model_version, prompt_tokens,"
+        " completion_tokens, outcome, queue_ms, ttft_ms, duration_ms, started_at, finished_at, finished_ts)"
+        " VALUES ('old-1', 'old-1', '1', '', 'm', 'v1', 1, 2, 'stop', 0, 1, 2, ?, ?, ?)",
+        (utc_iso(time.time()), utc_iso(time.time()), time.time()),
+    )
+    conn.commit()
+    conn.close()
+    journal = Journal(path)
+    journal.open()
+    tagged = record("new-2", time.time()).model_copy(
+        update={"end_user": "user-9", "metadata": {"team": "search", "env": "prod"}, "trace_id": "0f" * 16}
+    )
+    await journal.append(tagged.model_copy(update={"engine_ms": 3.25}))
+    journal.close()
+    old, new = journal.read_page(after=0, limit=10).records
+    assert (old.end_user, old.metadata, old.trace_id, old.engine_ms) == ("", {}, "", 0.0)
+    assert (new.end_user, new.metadata, new.trace_id, new.engine_ms) == (
+        "user-9",
+        {"team": "search", "env": "prod"},
+        "0f" * 16,
+        3.25,
+    )

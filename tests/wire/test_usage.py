@@ -27,9 +27,9 @@ RECORD = JournalRecord(
 
 
 def test_record_carries_its_version_and_round_trips() -> None:
-    assert RECORD.version == JOURNAL_RECORD_VERSION == 2
+    assert RECORD.version == JOURNAL_RECORD_VERSION == 3
     dumped = RECORD.model_dump()
-    assert dumped["version"] == 2 and dumped["request_id"] == "att-1" and dumped["client_request_id"] == "req-1"
+    assert dumped["version"] == 3 and dumped["request_id"] == "att-1" and dumped["client_request_id"] == "req-1"
     assert dumped["tenant"] == 42 and dumped["key"] == 7
     assert JournalRecord.model_validate(dumped) == RECORD
     assert JournalRecord.model_validate_json(RECORD.model_dump_json()) == RECORD
@@ -56,9 +56,47 @@ def test_version_1_records_read_with_the_one_id_as_both() -> None:
     page, rejected = JournalPage.parse({"records": [v1], "next_after": 3, "has_more": False})
     assert rejected == []
     record = page.records[0]
-    assert (record.version, record.request_id, record.client_request_id) == (2, "req-9", "req-9")
+    assert (record.version, record.request_id, record.client_request_id) == (3, "req-9", "req-9")
     unversioned = {k: v for k, v in v1.items() if k != "version"}
     assert JournalPage.parse({"records": [unversioned], "next_after": 3, "has_more": False})[0].records == [record]
+
+
+def test_version_2_records_read_with_no_attribution_and_no_cost() -> None:
+    v2 = {**RECORD.model_dump(), "version": 2}
+    for added in ("end_user", "metadata", "trace_id", "engine_ms"):
+        del v2[added]
+    page, rejected = JournalPage.parse({"records": [v2], "next_after": 3, "has_more": False})
+    assert rejected == [] and page.records == [RECORD]
+    assert (RECORD.end_user, RECORD.metadata, RECORD.trace_id, RECORD.engine_ms) == ("", {}, "", 0.0)
+
+
+def test_attribution_and_cost_round_trip() -> None:
+    traced = RECORD.model_copy(
+        update={"end_user": "user-7", "metadata": {"team": "search"}, "trace_id": "ab" * 16, "engine_ms": 12.5}
+    )
+    parsed, rejected = JournalPage.parse({"records": [traced.model_dump()], "next_after": 3, "has_more": False})
+    assert rejected == [] and parsed.records == [traced]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("metadata", {f"k{i}": "v" for i in range(17)}, "16 pairs"),
+        ("metadata", {"k" * 65: "v"}, "keys"),
+        ("metadata", {"": "v"}, "keys"),
+        ("metadata", {"k": "v" * 513}, "values"),
+        ("metadata", {"k": 1}, "metadata"),
+        ("end_user", "u" * 257, "end_user"),
+        ("trace_id", "not-a-trace", "trace_id"),
+        ("trace_id", "AB" * 16, "trace_id"),
+        ("engine_ms", -1, "engine_ms"),
+    ],
+)
+def test_attribution_out_of_bounds_rejects_the_record(field: str, value: object, says: str) -> None:
+    bad = {**RECORD.model_dump(), "request_id": "req-4", field: value}
+    page, rejected = JournalPage.parse({"records": [bad], "next_after": 3, "has_more": False})
+    assert page.records == [] and [r.request_id for r in rejected] == ["req-4"]
+    assert says in rejected[0].reason
 
 
 def test_a_malformed_record_is_rejected_alone() -> None:
