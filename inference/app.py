@@ -29,6 +29,7 @@ from inference.metrics import Metrics
 from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
+from wire.attribution import attribution_parse
 from wire.context import SignedContext
 from wire.embeddings import embedding_request_parse
 from wire.errors import APIError
@@ -340,6 +341,8 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         ctx = await _authenticate(request, node, body_bytes)
         try:
             body = parse_body(model_cls, body_bytes)
+            # Read from the raw body: the generation request models do not carry these fields yet.
+            attribution = attribution_parse(body_bytes)
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
         chat = model_cls is ChatCompletionRequest
@@ -350,6 +353,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             async def work() -> Response:
                 nonlocal handed_off
                 gen = await start(ctx, body)
+                gen.attribution = attribution
                 headers = {"x-request-id": gen.ticket.request_id, "x-mmorch-model-version": gen.model.version}
                 echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
                 if body.stream:

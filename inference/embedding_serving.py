@@ -134,7 +134,8 @@ async def embeddings_create(serving: OpenAIServing, ctx: SignedContext, body: Em
             duration_ms=round((now - arrival) * 1000, 3),
             started_at=utc_iso(arrival_wall),
             finished_at=utc_iso(arrival_wall + (now - arrival)),
-            **_attribution(body),
+            end_user=body.end_user(),
+            metadata=body.tags(),
         )
 
     try:
@@ -167,14 +168,3 @@ async def embeddings_create(serving: OpenAIServing, ctx: SignedContext, body: Em
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _attribution(body: EmbeddingRequest) -> dict[str, Any]:
-    """The journal's attribution fields, where the record has them."""
-    fields = JournalRecord.model_fields
-    out: dict[str, Any] = {}
-    if "end_user" in fields:
-        out["end_user"] = body.end_user()
-    if "metadata" in fields:
-        out["metadata"] = body.tags()
-    return out

@@ -20,6 +20,7 @@ from inference.engine.embedding_engine import ENGINE_KIND_EMBEDDING
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
+from wire.attribution import Attribution
 from wire.context import SignedContext
 from wire.errors import APIError
 from wire.prompt import PromptRejected
@@ -93,6 +94,8 @@ class Generation:
     recorded: bool = False
     closed: bool = False
     streaming: bool = False  # tokens reach the client as they come
+    # Who the client says the request is for; journaled with its usage.
+    attribution: Attribution = field(default_factory=Attribution)
     text_parts: list[str] = field(default_factory=list)
 
     async def outputs(self) -> AsyncIterator[EngineOutput]:
@@ -162,6 +165,8 @@ class Generation:
             duration_ms=round((now - self.arrival) * 1000, 3),
             started_at=utc_iso(self.arrival_wall),
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
+            end_user=self.attribution.end_user(),
+            metadata=self.attribution.tags(),
         )
 
 

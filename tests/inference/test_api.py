@@ -278,7 +278,12 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "duration_ms",
         "started_at",
         "finished_at",
+        "end_user",
+        "metadata",
+        "trace_id",
+        "engine_ms",
     }
+    assert (record["end_user"], record["metadata"]) == ("", {})  # the client named no one
     assert (record["tenant"], record["key"], record["model"], record["model_version"]) == (
         301,
         9,
@@ -286,7 +291,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "v1",
     )
     assert (record["prompt_tokens"], record["completion_tokens"], record["outcome"]) == (5, 3, "length")
-    assert record["version"] == 2 and record["client_request_id"] == record["request_id"]  # no client id: its own
+    assert record["version"] == 3 and record["client_request_id"] == record["request_id"]  # no client id: its own
     assert record["finished_at"].endswith("Z") and record["started_at"] <= record["finished_at"]
     assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
     async with aiohttp.ClientSession() as session:

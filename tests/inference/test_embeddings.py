@@ -148,3 +148,30 @@ async def test_node_batches_concurrent_requests(node: InferenceNode) -> None:
     assert all(status == 200 for status, _ in results)
     # Sixteen requests in flight together: fewer forward passes than requests (one each unbatched).
     assert await asyncio.to_thread(passes) - before < 16
+
+
+async def test_attribution_is_journaled_for_chat_and_embeddings(node: InferenceNode) -> None:
+    tags = {"team": "search", "feature": "answers"}
+    chat = {
+        "model": "demo-llama",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "user": "u-1",
+        "safety_identifier": "hashed-42",  # wins over user
+        "metadata": tags,
+    }
+    status, _, body = await post(node, "/v1/chat/completions", chat, request_id="attr-chat")
+    assert status == 200, body
+    status, body2 = await embed(
+        node, {"model": MODEL, "input": "x", "user": "u-2", "metadata": tags}, request_id="attr-emb"
+    )
+    assert status == 200, body2
+    by_id = {r["request_id"]: r for r in records(node)}
+    assert (by_id["attr-chat"]["end_user"], by_id["attr-chat"]["metadata"]) == ("hashed-42", tags)
+    assert (by_id["attr-emb"]["end_user"], by_id["attr-emb"]["metadata"]) == ("u-2", tags)
+
+    before = len(by_id)
+    for bad in ({"metadata": {"k": 1}}, {"metadata": {str(i): "v" for i in range(17)}}, {"user": 5}):
+        status, _, raw = await post(node, "/v1/chat/completions", {**chat, **bad})
+        assert status == 400 and json.loads(raw)["error"]["param"].split(".")[0] in bad
+    assert len(records(node)) == before
