@@ -87,8 +87,9 @@ def ledger_usage_rows(
             fields.append("model_name")
         elif name == "key":
             fields.append("key_id")
-        elif name == "user":
-            fields.append("end_user")
+
+    if attribution.group_user:
+        fields.append("end_user")
     for i, tag in enumerate(attribution.group_tags):
         annotations[f"tag{i}"] = _tag_text(tag)
         fields.append(f"tag{i}")
