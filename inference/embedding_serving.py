@@ -40,10 +40,12 @@ def embedding_model_resolve(
 
 def embedding_inputs(engine: EmbeddingEngine, body: EmbeddingRequest) -> list[list[int]]:
     """Each input as the token ids the model runs; the client's faults are 400s naming the input."""
+    texts = [item for item in body.input if isinstance(item, str)]
+    encoded = iter(engine.encode_many(texts))  # one call for every text input
     inputs: list[list[int]] = []
     for i, item in enumerate(body.input):
         if isinstance(item, str):
-            ids = engine.encode(item)
+            ids = next(encoded)
         else:
             bad = next((t for t in item if t >= engine.vocab_size), None)
             if bad is not None:

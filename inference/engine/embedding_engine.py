@@ -129,6 +129,12 @@ class EmbeddingEngine(Engine):
         """A text input as the model runs it, with its special tokens ([CLS] ... [SEP])."""
         return list(self._tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Several texts in one call: the fast tokenizer does a batch at once."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self._tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]
+
     def wrap(self, token_ids: Sequence[int]) -> list[int]:
         """A client's token array (the model's vocabulary, no special tokens) as the model runs it, so
         a text and its token array give the same embedding and the same count."""
