@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.openapi_embeddings import embeddings_document_add
 from gateway.protocol import CHAT_PARAMS, COMPLETION_PARAMS
 from wire.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, StreamOptions, TextPart
 
@@ -361,4 +362,6 @@ def _document() -> dict[str, Any]:
 
 def v1_document() -> dict[str, Any]:
     """The document (a fresh copy: callers may not change the cached one)."""
-    return copy.deepcopy(_document())
+    doc = copy.deepcopy(_document())
+    embeddings_document_add(doc, errors=copy.deepcopy(_GENERATE_ERRORS), headers=copy.deepcopy(_SERVED_HEADERS))
+    return doc

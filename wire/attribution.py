@@ -7,11 +7,10 @@ OpenAI's limits: at most 16 metadata pairs, keys up to 64 characters, values up 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wire.protocol import RequestInvalid
 from wire.usage import END_USER_MAX, METADATA_MAX_KEY, METADATA_MAX_PAIRS, METADATA_MAX_VALUE
@@ -22,42 +21,18 @@ class Attribution(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    user: str | None = None
-    safety_identifier: str | None = None
-    metadata: dict[str, str] | None = None
-
-    @field_validator("user", "safety_identifier")
-    @classmethod
-    def _end_user_length(cls, value: str | None) -> str | None:
-        if value is not None and len(value) > END_USER_MAX:
-            raise PydanticCustomError("too_long", "must be at most {limit} characters", {"limit": END_USER_MAX})
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return None
-        if len(value) > METADATA_MAX_PAIRS:
-            raise PydanticCustomError(
-                "too_many",
-                "may hold at most {limit} pairs (got {count})",
-                {"limit": METADATA_MAX_PAIRS, "count": len(value)},
-            )
-        for key, item in value.items():
-            if not key or len(key) > METADATA_MAX_KEY:
-                raise PydanticCustomError(
-                    "bad_key",
-                    "keys must be 1 to {limit} characters ('{key}' is not)",
-                    {"limit": METADATA_MAX_KEY, "key": key[:80]},
-                )
-            if len(item) > METADATA_MAX_VALUE:
-                raise PydanticCustomError(
-                    "too_long",
-                    "the value of '{key}' is longer than {limit} characters",
-                    {"limit": METADATA_MAX_VALUE, "key": key},
-                )
-        return value
+    user: str | None = Field(default=None, max_length=END_USER_MAX)
+    safety_identifier: str | None = Field(default=None, max_length=END_USER_MAX)
+    metadata: (
+        Annotated[
+            dict[
+                Annotated[str, Field(min_length=1, max_length=METADATA_MAX_KEY)],
+                Annotated[str, Field(max_length=METADATA_MAX_VALUE)],
+            ],
+            Field(max_length=METADATA_MAX_PAIRS),
+        ]
+        | None
+    ) = None
 
     def end_user(self) -> str:
         """The end user to attribute spend to: `safety_identifier` wins over `user`."""
@@ -65,6 +40,26 @@ class Attribution(BaseModel):
 
     def tags(self) -> dict[str, str]:
         return dict(self.metadata or {})
+
+
+_LOC_NOISE = ("function-", "list[", "dict[", "nullable[")
+
+
+def validation_invalid(exc: ValidationError) -> RequestInvalid:
+    """The first error of a request body as a 400: `param` is the field (`metadata` for any of its
+    keys or values, whose names are the client's own)."""
+    first = exc.errors()[0]
+    if first["type"] in ("json_invalid", "json_type"):
+        return RequestInvalid("the request body is not valid JSON", code="invalid_json")
+    # Union members and validators name themselves in `loc` ("str", "list[int]", "function-after[...]").
+    loc = [str(p) for p in first["loc"] if str(p) not in ("str", "int") and not str(p).startswith(_LOC_NOISE)]
+    detail = first["msg"]
+    if loc and loc[0] == "metadata" and len(loc) > 1:
+        detail = f"{detail} (key {loc[1][:70]!r})"
+        loc = loc[:1]
+    param = ".".join(loc) or None
+    message = f"{param}: {detail}" if param else detail
+    return RequestInvalid(message, param=param, code="invalid_value" if loc else None)
 
 
 def attribution_parse(body: bytes | dict[str, Any]) -> Attribution:
@@ -79,6 +74,4 @@ def attribution_parse(body: bytes | dict[str, Any]) -> Attribution:
     try:
         return Attribution.model_validate(fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"])
-        raise RequestInvalid(f"{param}: {first['msg']}", param=param, code="invalid_value") from exc
+        raise validation_invalid(exc) from exc

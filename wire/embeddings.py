@@ -9,17 +9,27 @@ depends on the model, so the node that serves it decides those.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
-from wire.attribution import Attribution
-from wire.protocol import parse_body
+from wire.attribution import Attribution, validation_invalid
 
 EMBEDDING_MAX_INPUTS = 2048  # OpenAI's limit on one request's inputs
 
 EmbeddingInput = str | list[int]
+_TOKENS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+# What `input` takes, for the API's document (the validator below normalises it to a list).
+INPUT_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "maxItems": EMBEDDING_MAX_INPUTS, "items": {"type": "string", "minLength": 1}},
+        _TOKENS,
+        {"type": "array", "minItems": 1, "maxItems": EMBEDDING_MAX_INPUTS, "items": _TOKENS},
+    ],
+    "description": "A string, a list of strings, one token array or a list of token arrays.",
+}
 
 
 def _is_token(value: Any) -> bool:
@@ -35,7 +45,7 @@ class EmbeddingRequest(Attribution):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str = Field(min_length=1)
-    input: list[EmbeddingInput]
+    input: Annotated[list[EmbeddingInput], WithJsonSchema(INPUT_JSON_SCHEMA)]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1)
 
@@ -78,7 +88,10 @@ class EmbeddingRequest(Attribution):
 
 def embedding_request_parse(body: bytes) -> EmbeddingRequest:
     """Validate a JSON body; raises `wire.protocol.RequestInvalid` naming the offending field."""
-    return parse_body(EmbeddingRequest, body)
+    try:
+        return EmbeddingRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_invalid(exc) from exc
 
 
 def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
