@@ -400,7 +400,8 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
 
             async def work() -> Response:
                 payload = await embeddings_create(node.serving, ctx, body)
-                return Response(payload, media_type="application/json", headers={"x-request-id": ctx.request_id})
+                headers = {"x-request-id": ctx.request_id} if ctx.request_id else None
+                return Response(payload, media_type="application/json", headers=headers)
 
             return await guard_disconnect(request, work())
         finally:
