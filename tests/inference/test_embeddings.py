@@ -175,3 +175,21 @@ async def test_attribution_is_journaled_for_chat_and_embeddings(node: InferenceN
         status, _, raw = await post(node, "/v1/chat/completions", {**chat, **bad})
         assert status == 400 and json.loads(raw)["error"]["param"].split(".")[0] in bad
     assert len(records(node)) == before
+
+
+def test_config_takes_the_embedding_engine_and_its_batch_window() -> None:
+    from inference.config import ConfigError, load_config
+
+    env = {
+        "INFERENCE_SHARED_SECRET": "s",
+        "INFERENCE_MODEL_NAME": MODEL,
+        "INFERENCE_MODEL_PATH": str(embedding_model_path()),
+        "INFERENCE_ENGINE": "embedding",
+        "INFERENCE_BATCH_WINDOW_MS": "5",
+    }
+    spec = load_config(env).models[0]
+    assert (spec.engine, spec.options.batch_window_ms) == ("embedding", 5.0)
+    with pytest.raises(ConfigError, match="batch_window_ms"):
+        load_config({**env, "INFERENCE_BATCH_WINDOW_MS": "-1"})
+    with pytest.raises(ConfigError, match="engine"):
+        load_config({**env, "INFERENCE_ENGINE": "sentence"})
