@@ -195,6 +195,13 @@ def test_a_model_not_granted_looks_missing(server: ControlPlane, node: Inference
         assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "model_not_found"
     with pytest.raises(openai.AuthenticationError):
         client_for(server, "sk-not-a-key-at-all").embeddings.create(model=MODEL, input="hello")
+    _, unscoped = factories.inference_key(world.tenant, scopes=["models:read"])
+    with pytest.raises(openai.PermissionDeniedError):
+        client_for(server, unscoped).embeddings.create(model=MODEL, input="hello")
+    oversized = ["x" * 1000] * 2000  # 2 MB: over the gateway's body limit
+    with pytest.raises(openai.APIStatusError) as too_large:
+        client_for(server, world.raw).embeddings.create(model=MODEL, input=oversized)
+    assert too_large.value.status_code == 413
     assert MODEL in [m.id for m in client_for(server, world.raw).models.list()]
 
 
