@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/mmorch
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup setup-python setup-frontend setup-system static demo test lint typecheck pytest bench clean
+.PHONY: setup setup-python setup-frontend setup-system static demo test lint typecheck pytest bench bench-report clean
 
 setup: setup-python setup-frontend
 
@@ -55,6 +55,11 @@ demo: setup static
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH)
+
+# Every benchmark with short settings into one self-contained page, var/bench/report.html.
+# `make bench-report QUICK=1` uses the shortest settings (under five minutes).
+bench-report: setup
+	$(BIN)/python -m bench.report $(if $(QUICK),--quick) $(BENCH_REPORT_ARGS)
 
 clean:
 	rm -rf var/demo var/celery staticfiles

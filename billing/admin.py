@@ -33,6 +33,7 @@ from billing.services.plans import price_set, subscription_create
 from core.audit import Actor, actor_for
 from core.errors import ServiceError
 from tenants.admin import ReadOnlyAdmin
+from tenants.audit import audit_record
 
 
 def _actor(request: HttpRequest) -> Actor:
@@ -50,10 +51,40 @@ class PriceInline(admin.TabularInline):  # type: ignore[type-arg]
         return False  # prices change through price_set (never backwards)
 
 
+SLO_FIELDS = ("slo_availability", "slo_ttft_p95_ms", "slo_itl_p95_ms")
+
+
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("name", "currency", "base_fee", "included_tokens", "is_active")
+    list_display = (
+        "name",
+        "currency",
+        "base_fee",
+        "included_tokens",
+        "slo_availability",
+        "slo_ttft_p95_ms",
+        "slo_itl_p95_ms",
+        "is_active",
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "currency", "base_fee", "included_tokens", "default_limits", "is_active")}),
+        ("Service-level objectives", {"fields": SLO_FIELDS}),
+    )
     inlines = [PriceInline]
+
+    def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        changed = [name for name in SLO_FIELDS if name in form.changed_data]
+        if change and changed:  # the same event plan_slo_set writes
+            audit_record(
+                actor=_actor(request),
+                tenant=None,
+                action="plan.slo_set",
+                target_type="plan",
+                target_id=obj.pk,
+                before={name: form.initial.get(name) for name in changed},
+                after={name: getattr(obj, name) for name in changed},
+            )
 
 
 class _ServiceForm(forms.ModelForm):  # type: ignore[type-arg]

@@ -15,7 +15,8 @@ from billing.models import BillingRun, BillingRunOutcome, IngestCursor
 
 
 class IngestLagCollector(Collector):
-    """Seconds since each registered node's journal was last pulled into the ledger."""
+    """Seconds since each registered node's journal was last pulled into the ledger, and how many
+    records each node's journal has given the ledger."""
 
     def collect(self) -> Iterator[Metric]:
         from gateway.selectors import node_list  # the registry lives in gateway (billing → gateway)
@@ -32,9 +33,17 @@ class IngestLagCollector(Collector):
             now = timezone.now()
             for name, moment in sorted(since.items()):
                 gauge.add_metric([name], max(0.0, (now - moment).total_seconds()))
+            ingested = CounterMetricFamily(
+                "mmorch_usage_ingested_records",
+                "Journal records ingested into the ledger, per node",
+                labels=["node"],
+            )
+            for name, total in IngestCursor.objects.order_by("node_name").values_list("node_name", "records_total"):
+                ingested.add_metric([name], float(total))
         except DatabaseError:
             return  # the database is down: /readyz says so; no sample beats a wrong one
         yield gauge
+        yield ingested
 
 
 class BillingRunsCollector(Collector):
@@ -51,3 +60,40 @@ class BillingRunsCollector(Collector):
         for outcome in BillingRunOutcome.values:
             counter.add_metric([outcome], counts.get(outcome, 0))
         yield counter
+
+
+class SloTargetsCollector(Collector):
+    """Each active tenant's service-level targets (from its plan), for the burn-rate alert rules.
+
+    The node labels requests by tenant id and folds tenants past its cap into `other`; `other`
+    gets the default targets here so those requests are judged too.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        from billing.selectors_slo import DEFAULT_TARGETS, slo_targets_by_tenant
+        from tenants.models import Tenant, TenantStatus
+
+        availability = GaugeMetricFamily(
+            "mmorch_slo_availability_target_ratio",
+            "Share of admitted requests that must not fail, from the tenant's plan",
+            labels=["tenant"],
+        )
+        ttft = GaugeMetricFamily(
+            "mmorch_slo_ttft_p95_target_seconds", "p95 time to first token objective", labels=["tenant"]
+        )
+        itl = GaugeMetricFamily(
+            "mmorch_slo_itl_p95_target_seconds", "p95 inter-token latency objective", labels=["tenant"]
+        )
+        try:
+            ids = list(Tenant.objects.filter(status=TenantStatus.ACTIVE).values_list("id", flat=True))
+            targets = {str(k): v for k, v in slo_targets_by_tenant(ids, now=timezone.now()).items()}
+        except DatabaseError:
+            return
+        targets["other"] = DEFAULT_TARGETS
+        for tenant, t in sorted(targets.items()):
+            availability.add_metric([tenant], float(t.availability) / 100)
+            ttft.add_metric([tenant], t.ttft_p95_ms / 1000)
+            itl.add_metric([tenant], t.itl_p95_ms / 1000)
+        yield availability
+        yield ttft
+        yield itl

@@ -7,8 +7,10 @@ Money is Decimal; invoices store integer minor units. Times are UTC-aware.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -20,6 +22,15 @@ COST_DIGITS = 28
 COST_PLACES = 12
 PRICE_DIGITS = 18
 PRICE_PLACES = 6
+
+
+# Plans' service-level objectives: defaults for a new plan (and for tenants without one), bounds.
+SLO_AVAILABILITY_DEFAULT = Decimal("99.500")
+SLO_AVAILABILITY_MIN = Decimal("50")
+SLO_AVAILABILITY_MAX = Decimal("99.999")
+SLO_TTFT_P95_MS_DEFAULT = 2000
+SLO_ITL_P95_MS_DEFAULT = 250
+SLO_LATENCY_MAX_MS = 600_000
 
 
 class ImmutableRowError(Exception):
@@ -42,6 +53,24 @@ class Plan(models.Model):
     default_limits = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Service-level objectives promised under the plan (billing/slo.py, platform/prometheus/rules).
+    slo_availability = models.DecimalField(
+        max_digits=6,
+        decimal_places=3,
+        default=SLO_AVAILABILITY_DEFAULT,
+        validators=[MinValueValidator(SLO_AVAILABILITY_MIN), MaxValueValidator(SLO_AVAILABILITY_MAX)],
+        help_text="Percent of admitted requests per month that must not fail (outcome error, 5xx).",
+    )
+    slo_ttft_p95_ms = models.PositiveIntegerField(
+        default=SLO_TTFT_P95_MS_DEFAULT,
+        validators=[MinValueValidator(1), MaxValueValidator(SLO_LATENCY_MAX_MS)],
+        help_text="95% of requests get their first token within this many milliseconds.",
+    )
+    slo_itl_p95_ms = models.PositiveIntegerField(
+        default=SLO_ITL_P95_MS_DEFAULT,
+        validators=[MinValueValidator(1), MaxValueValidator(SLO_LATENCY_MAX_MS)],
+        help_text="95% of gaps between consecutive tokens are within this many milliseconds.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -316,15 +345,16 @@ class InvoiceSequence(models.Model):
 class AlertKind(models.TextChoices):
     TOKENS = "tokens"
     SPEND = "spend"
+    SPEND_JUMP = "spend_jump"  # a day's spend above N x the trailing daily average (anomalies.py)
 
 
 class UsageAlert(models.Model):
     """An alert that was sent: at most one per tenant, period, kind and threshold."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    period = models.CharField(max_length=7)  # YYYY-MM
-    kind = models.CharField(max_length=8, choices=AlertKind.choices)
-    threshold = models.PositiveSmallIntegerField()  # percent: 80 or 100
+    period = models.CharField(max_length=10)  # YYYY-MM; YYYY-MM-DD for a spend jump (one per day)
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    threshold = models.PositiveSmallIntegerField()  # percent: 80 or 100; a jump's factor x 100
     usage_value = models.DecimalField(max_digits=COST_DIGITS, decimal_places=COST_PLACES)
     limit_value = models.DecimalField(max_digits=COST_DIGITS, decimal_places=COST_PLACES)
     recipients = models.JSONField(default=list)

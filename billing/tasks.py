@@ -9,6 +9,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from billing.money import month_start, period_label
+from billing.services.anomalies import spend_jump_check
 from billing.services.ingestion import usage_ingest_all
 from billing.services.invoices import billing_run
 from billing.services.stripe_sync import invoice_stripe_push
@@ -17,6 +18,11 @@ from billing.services.stripe_sync import invoice_stripe_push
 @shared_task(name="billing.tasks.usage_ingest_task", ignore_result=True)
 def usage_ingest_task() -> int:
     return usage_ingest_all().inserted
+
+
+@shared_task(name="billing.tasks.spend_jump_check_task", ignore_result=True)
+def spend_jump_check_task() -> int:
+    return len(spend_jump_check())
 
 
 @shared_task(name="billing.tasks.billing_run_previous_month_task", ignore_result=True)

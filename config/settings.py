@@ -8,6 +8,7 @@ Production (MMORCH_ENV=production) refuses to start without a real secret key.
 from __future__ import annotations
 
 import ipaddress
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -343,6 +344,18 @@ BILLING_NET_DAYS: int = env.int("BILLING_NET_DAYS", default=14)
 BILLING_INGEST_PAGE_SIZE: int = env.int("BILLING_INGEST_PAGE_SIZE", default=1000)
 BILLING_INGEST_INTERVAL_S: float = env.float("BILLING_INGEST_INTERVAL_S", default=5.0)
 BILLING_ISSUER_NAME: str = env.str("BILLING_ISSUER_NAME", default="mm-orch")
+# Cost of serving: what one inference node costs per hour (engine-seconds are priced at this).
+BILLING_NODE_HOUR_PRICE: Decimal = Decimal(env.str("BILLING_NODE_HOUR_PRICE", default="2.50"))
+BILLING_NODE_HOUR_CURRENCY: str = env.str("BILLING_NODE_HOUR_CURRENCY", default="USD")
+# Spend anomalies: a tenant whose spend today passes FACTOR x its average over the previous DAYS
+# days (and at least MIN) is reported by email and, when set, to the webhook.
+BILLING_SPEND_JUMP_FACTOR: float = env.float("BILLING_SPEND_JUMP_FACTOR", default=3.0)
+BILLING_SPEND_JUMP_DAYS: int = env.int("BILLING_SPEND_JUMP_DAYS", default=7)
+BILLING_SPEND_JUMP_MIN: Decimal = Decimal(env.str("BILLING_SPEND_JUMP_MIN", default="1.00"))
+BILLING_ALERT_WEBHOOK_URL: str = env.str("BILLING_ALERT_WEBHOOK_URL", default="")
+if BILLING_ALERT_WEBHOOK_URL and not BILLING_ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("BILLING_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+BILLING_ALERT_WEBHOOK_TIMEOUT_S: float = env.float("BILLING_ALERT_WEBHOOK_TIMEOUT_S", default=5.0)
 # Stripe is on when an API key is set; STRIPE_API_BASE points the client elsewhere (tests).
 STRIPE_API_KEY: str = env.str("STRIPE_API_KEY", default="")
 STRIPE_WEBHOOK_SECRET: str = env.str("STRIPE_WEBHOOK_SECRET", default="")
@@ -355,6 +368,11 @@ CELERY_BEAT_SCHEDULE["billing-ingest-usage"] = {
     "task": "billing.tasks.usage_ingest_task",
     "schedule": BILLING_INGEST_INTERVAL_S,
     "options": {"expires": BILLING_INGEST_INTERVAL_S},
+}
+# Spend anomalies are checked every hour, a few minutes past it (after ingestion caught up).
+CELERY_BEAT_SCHEDULE["billing-spend-jump-check"] = {
+    "task": "billing.tasks.spend_jump_check_task",
+    "schedule": crontab(minute=7),
 }
 # The 1st of each month at 01:00 UTC: bill the month that just ended.
 CELERY_BEAT_SCHEDULE["billing-monthly-run"] = {

@@ -18,6 +18,7 @@ SECTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("keys", "API keys", "frontend:keys", "keys:read"),
     ("members", "Members", "frontend:members", "members:read"),
     ("usage", "Usage", "frontend:usage", "usage:read"),
+    ("slo", "Service levels", "frontend:slo", "usage:read"),
     ("models", "Models", "frontend:models", "models:read"),
     ("billing", "Billing", "frontend:billing", "billing:read"),
     ("audit", "Audit log", "frontend:audit", "audit:read"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from frontend.views import audit, auth, billing, keys, members, models, platform, tenant, usage
+from frontend.views import audit, auth, billing, keys, members, models, observability, platform, tenant, usage
 
 app_name = "frontend"
 
@@ -40,6 +40,7 @@ urlpatterns = [
     path("t/<slug:slug>/audit/", audit.audit_list_view, name="audit"),
     path("t/<slug:slug>/usage/", usage.usage_view, name="usage"),
     path("t/<slug:slug>/models/", models.model_list_view, name="models"),
+    path("t/<slug:slug>/slo/", observability.tenant_slo_view, name="slo"),
     path("t/<slug:slug>/billing/", billing.billing_view, name="billing"),
     path("t/<slug:slug>/billing/invoices.csv", billing.invoices_csv_view, name="billing_invoices_csv"),
     path("t/<slug:slug>/billing/invoice-lines.csv", billing.invoice_lines_csv_view, name="billing_lines_csv"),
@@ -53,6 +54,9 @@ urlpatterns = [
     path("platform/tenants/<slug:slug>/limits/", platform.tenant_limits_view, name="platform_tenant_limits"),
     path("platform/tenants/<slug:slug>/plan/", platform.tenant_plan_view, name="platform_tenant_plan"),
     path("platform/nodes/", platform.node_list_view, name="platform_nodes"),
+    path("platform/slo/", observability.platform_slo_view, name="platform_slo"),
+    path("platform/cost/", observability.platform_cost_view, name="platform_cost"),
+    path("platform/cost.csv", observability.platform_cost_csv_view, name="platform_cost_csv"),
     path("platform/models/", models.platform_model_list_view, name="platform_models"),
     path("platform/models/<path:name>/traffic/", models.model_traffic_view, name="platform_model_traffic"),
 ]

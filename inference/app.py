@@ -159,7 +159,7 @@ def _default_engine(spec: Any) -> Engine:
 
 
 def build_node(config: NodeConfig, *, engine_factory: EngineFactory = _default_engine) -> Node:
-    metrics = Metrics()
+    metrics = Metrics(max_tenants=config.metrics_max_tenants)
     budget = QueueBudget(config.global_queue_cap)
     served: list[ServedModel] = []
     engines: list[Engine] = []
@@ -178,8 +178,11 @@ def build_node(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         name, version = spec.name, spec.version
 
         def on_change(tenant: str, *, core: FairScheduler = core, name: str = name, version: str = version) -> None:
-            metrics.running.labels(tenant, name, version).set(core.running_of(tenant))
-            metrics.waiting.labels(tenant, name, version).set(core.waiting_of(tenant))
+            label = metrics.tenant_label(tenant)
+            # Tenants folded into `other` share one series: it shows their sum.
+            members = [t for t in core.tenants if metrics.tenant_label(t) == label] if label != tenant else [tenant]
+            metrics.running.labels(label, name, version).set(sum(core.running_of(t) for t in members))
+            metrics.waiting.labels(label, name, version).set(sum(core.waiting_of(t) for t in members))
 
         scheduler = AsyncScheduler(core, on_change=on_change)
         served.append(

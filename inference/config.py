@@ -75,6 +75,8 @@ class NodeConfig(BaseModel):
     # (the node has no development mode of its own, so open metrics are a choice, not a default).
     metrics_token: str = Field(default="", repr=False)
     metrics_public: bool = False
+    # Tenants with their own label on the node's metrics; later ones are counted under `other`.
+    metrics_max_tenants: int = Field(default=100, ge=0)
 
     @field_validator("shared_secrets")
     @classmethod
@@ -121,6 +123,7 @@ NODE_ENV = {
     "INFERENCE_LOG_LEVEL": "log_level",
     "INFERENCE_METRICS_TOKEN": "metrics_token",
     "INFERENCE_METRICS_PUBLIC": "metrics_public",
+    "INFERENCE_METRICS_MAX_TENANTS": "metrics_max_tenants",
 }
 OPTION_ENV = {
     "INFERENCE_MAX_BATCH_SIZE": "max_batch_size",

@@ -1,4 +1,9 @@
-"""Prometheus metrics (prefix mmorch_inference_), labelled by tenant and model."""
+"""Prometheus metrics (prefix mmorch_inference_), labelled by tenant and model.
+
+The tenant label is bounded: the first `max_tenants` tenants a node serves keep their own label for
+the life of the process, every later one is counted under `other` (INFERENCE_METRICS_MAX_TENANTS),
+so a platform with thousands of tenants cannot blow up Prometheus' series count.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,16 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+OTHER_TENANTS = "other"
+
+
 class Metrics:
     """One set per app, on its own registry, so several apps can live in one process (tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_tenants: int = 100) -> None:
         self.registry = CollectorRegistry()
+        self.max_tenants = max_tenants
+        self._tenants: set[str] = set()
         labels = ("tenant", "model", "model_version")
         self.requests = Counter(
             "mmorch_inference_requests",
@@ -78,6 +88,15 @@ class Metrics:
         self.draining = Gauge("mmorch_inference_draining", "1 while the node drains.", registry=self.registry)
         self._embedding = _EmbeddingPasses()
         self.registry.register(self._embedding)
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant's label value: its own name while there is room, else `other`."""
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < self.max_tenants:
+            self._tenants.add(tenant)
+            return tenant
+        return OTHER_TENANTS
 
     def watch_batch(self, model: str, version: str, running: Callable[[], int]) -> None:
         self.batch_size.labels(model, version).set_function(lambda: float(running()))

@@ -97,6 +97,7 @@ class Generation:
     # Who the client says the request is for; journaled with its usage.
     attribution: Attribution = field(default_factory=Attribution)
     text_parts: list[str] = field(default_factory=list)
+    engine_ms: float = 0.0  # engine step time charged to this request (inference/engine/accounting.py)
 
     async def outputs(self) -> AsyncIterator[EngineOutput]:
         metrics = self.serving.metrics
@@ -111,6 +112,7 @@ class Generation:
                 self.last_token = now
                 self.model.scheduler.charge(self.ticket, len(out.token_ids))
             self.completion_tokens = max(self.completion_tokens, out.completion_tokens)
+            self.engine_ms = max(self.engine_ms, out.engine_ms)
             if out.finished:
                 self.finish_reason = out.finish_reason or "error"
                 if out.error:
@@ -167,6 +169,7 @@ class Generation:
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
             end_user=self.attribution.end_user(),
             metadata=self.attribution.tags(),
+            engine_ms=round(self.engine_ms, 3),
         )
 
 
@@ -230,7 +233,7 @@ class OpenAIServing:
         )
         request_id = ctx.request_id or str(uuid.uuid4())
         tenant = str(ctx.tenant)
-        labels = (tenant, served.name, served.version)
+        labels = (self.metrics.tenant_label(tenant), served.name, served.version)
         ticket = Ticket(
             request_id=request_id,
             tenant=tenant,

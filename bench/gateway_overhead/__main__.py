@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import re
@@ -23,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to measure")
     parser.add_argument("--litellm", default="/tmp/litellm-venv", help="virtual environment with litellm[proxy]")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -203,6 +205,8 @@ def main() -> None:
             else:
                 print(f"LiteLLM skipped: {litellm_bin} not found", flush=True)
         write_results(Path(args.output), results, args, bool(env["REDIS_URL"]), load_before)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"results": [asdict(r) for r in results]}, indent=1))
 
 
 def _load() -> str:

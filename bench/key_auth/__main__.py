@@ -10,6 +10,7 @@ redis://127.0.0.1:6379/0) carries the key version. `--write` stores the table in
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -77,6 +78,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warm-calls", type=int, default=100, help="warm calls per key per round")
     parser.add_argument("--write", action="store_true", help="write the table to bench/key_auth/RESULTS.md")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
     args = parser.parse_args()
 
     database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mmorch")
@@ -115,6 +117,20 @@ def main() -> int:
             )
     table = "\n".join(lines)
     print(table)
+    if args.json:
+        figures = {
+            setup: {
+                path: {
+                    "calls": len(runs[path]),
+                    "p50_us": _percentile(runs[path], 0.5),
+                    "p99_us": _percentile(runs[path], 0.99),
+                    "mean_us": statistics.fmean(runs[path]),
+                }
+                for path in ("warm", "cold")
+            }
+            for setup, runs in results.items()
+        }
+        Path(args.json).write_text(json.dumps({"results": figures}, indent=1))
     if args.write:
         command = "DATABASE_URL=... REDIS_URL=... .venv/bin/python -m bench.key_auth " + " ".join(sys.argv[1:])
         (HERE / "RESULTS.md").write_text(

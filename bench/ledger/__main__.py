@@ -216,7 +216,8 @@ g AS (
 )
 INSERT INTO billing_usagerecord (request_id, tenant_id, key_id, model_name, model_version, node_name, journal_seq,
     prompt_tokens, completion_tokens, outcome, queue_ms, ttft_ms, duration_ms, started_at, finished_at, price_id,
-    input_price_per_1m, output_price_per_1m, currency, cost, ingested_at)
+    input_price_per_1m, output_price_per_1m, currency, cost, ingested_at,
+    client_request_id, end_user, metadata, trace_id, engine_ms)
 SELECT 'gen-' || g.i, t.ids[1 + g.i %% t.n], NULL, pr.model_name, 'v1', 'bench-gen', g.i, g.p, g.c,
        CASE WHEN g.i %% 50 = 0 THEN 'aborted' ELSE 'stop' END, 1, 12, 180, g.ts, g.ts + interval '180 ms',
        CASE WHEN g.ts < %(change)s THEN pr.pre_id ELSE pr.post_id END,
@@ -225,7 +226,8 @@ SELECT 'gen-' || g.i, t.ids[1 + g.i %% t.n], NULL, pr.model_name, 'v1', 'bench-g
        'USD',
        (g.p * CASE WHEN g.ts < %(change)s THEN pr.pre_in ELSE pr.post_in END
         + g.c * CASE WHEN g.ts < %(change)s THEN pr.pre_out ELSE pr.post_out END) / 1000000,
-       now()
+       now(),
+       'gen-' || g.i, '', '{}'::jsonb, '', 0
 FROM g, t, models
 JOIN pr ON true
 WHERE pr.model_name = models.names[1 + g.i %% 3]
@@ -292,6 +294,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the throwaway database")
     parser.add_argument("--billing-phase", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
     args = parser.parse_args()
     if args.billing_phase:
         _setup_django(args.billing_phase)
@@ -334,6 +337,8 @@ def main() -> None:
         print("billing", json.dumps(billing), flush=True)
         if not args.no_write:
             _write_results(ingestion, billing, sys.argv[1:])
+        if args.json:
+            Path(args.json).write_text(json.dumps({"ingestion": ingestion, "billing": billing}, indent=1))
     finally:
         from django.db import connections
 

@@ -11,7 +11,16 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing.models import PRICE_DIGITS, PRICE_PLACES, Plan, Price, Subscription
+from billing.models import (
+    PRICE_DIGITS,
+    PRICE_PLACES,
+    SLO_AVAILABILITY_MAX,
+    SLO_AVAILABILITY_MIN,
+    SLO_LATENCY_MAX_MS,
+    Plan,
+    Price,
+    Subscription,
+)
 from billing.money import validate_currency
 from core.audit import Actor
 from core.errors import Conflict, ValidationFailed
@@ -44,6 +53,53 @@ def _validate_limits(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in values.items()}
 
 
+def _validate_slo(availability: Decimal | str | None, ttft_ms: int | None, itl_ms: int | None) -> dict[str, Any]:
+    """The service-level targets given (absent ones keep the model's defaults), checked."""
+    targets: dict[str, Any] = {}
+    if availability is not None:
+        value = _decimal(availability, param="slo_availability", places=3, digits=6)
+        if not SLO_AVAILABILITY_MIN <= value <= SLO_AVAILABILITY_MAX:
+            raise ValidationFailed(
+                f"slo_availability is a percentage from {SLO_AVAILABILITY_MIN} to {SLO_AVAILABILITY_MAX}.",
+                param="slo_availability",
+            )
+        targets["slo_availability"] = value
+    for name, ms in (("slo_ttft_p95_ms", ttft_ms), ("slo_itl_p95_ms", itl_ms)):
+        if ms is None:
+            continue
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= SLO_LATENCY_MAX_MS:
+            raise ValidationFailed(f"{name} is whole milliseconds from 1 to {SLO_LATENCY_MAX_MS}.", param=name)
+        targets[name] = ms
+    return targets
+
+
+@transaction.atomic
+def plan_slo_set(
+    *,
+    plan: Plan,
+    actor: Actor,
+    slo_availability: Decimal | str | None = None,
+    slo_ttft_p95_ms: int | None = None,
+    slo_itl_p95_ms: int | None = None,
+) -> Plan:
+    """Changes a plan's service-level targets (the SLO pages and budgets use them from now on)."""
+    targets = _validate_slo(slo_availability, slo_ttft_p95_ms, slo_itl_p95_ms)
+    before = {name: getattr(plan, name) for name in targets}
+    for name, value in targets.items():
+        setattr(plan, name, value)
+    plan.save(update_fields=list(targets))
+    audit_record(
+        actor=actor,
+        tenant=None,
+        action="plan.slo_set",
+        target_type="plan",
+        target_id=plan.pk,
+        before=before,
+        after=targets,
+    )
+    return plan
+
+
 @transaction.atomic
 def plan_create(
     *,
@@ -53,6 +109,9 @@ def plan_create(
     base_fee: Decimal | str | int = 0,
     included_tokens: int = 0,
     default_limits: Mapping[str, Any] | None = None,
+    slo_availability: Decimal | str | None = None,
+    slo_ttft_p95_ms: int | None = None,
+    slo_itl_p95_ms: int | None = None,
 ) -> Plan:
     name = (name or "").strip()
     if not 0 < len(name) <= 100:
@@ -67,6 +126,7 @@ def plan_create(
         base_fee=_decimal(base_fee, param="base_fee", places=2, digits=14),
         included_tokens=included_tokens,
         default_limits=_validate_limits(default_limits or {}),
+        **_validate_slo(slo_availability, slo_ttft_p95_ms, slo_itl_p95_ms),
     )
     audit_record(
         actor=actor,

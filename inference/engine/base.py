@@ -37,6 +37,7 @@ class EngineOutput:
     finish_reason: FinishReason | None = None
     completion_tokens: int = 0
     error: str | None = None
+    engine_ms: float = 0.0  # the request's share of engine step time so far (accounting.py)
 
 
 class EngineError(Exception):

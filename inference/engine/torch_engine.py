@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference.engine.accounting import EngineAccounting
 from inference.engine.base import (
     Engine,
     EngineOutput,
@@ -84,6 +85,7 @@ class TorchEngine(Engine):
         # Decode steps taken and rows decoded, for the batch-size metric and benchmarks.
         self.steps = 0
         self.rows_decoded = 0
+        self.accounting = EngineAccounting()  # each step's wall time, split among its requests
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class TorchEngine(Engine):
     # -- engine thread ---------------------------------------------------------------------------
 
     def _emit(self, row: _Row, out: EngineOutput) -> None:
+        out.engine_ms = self.accounting.ms(row.request.request_id)
         self._outbox.append((row.sink, out))
 
     def _flush(self) -> None:
@@ -258,6 +261,7 @@ class TorchEngine(Engine):
                 for row in rows:
                     self._finish(row, "error", error=str(exc))
                 for request, sink in new:
+                    self.accounting.forget(request.request_id)  # a prefill may have been charged
                     if request.request_id in self._sinks:
                         self._loop_call(
                             sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
@@ -282,6 +286,7 @@ class TorchEngine(Engine):
             row,
             EngineOutput(text=tail, finished=True, finish_reason=reason, completion_tokens=row.generated, error=error),
         )
+        self.accounting.forget(row.request.request_id)
 
     def _new_generator(self, request: EngineRequest) -> Any:
         import torch
@@ -309,7 +314,9 @@ class TorchEngine(Engine):
         ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
         # No config: plain full-attention layers whose tensors we can pad, concatenate and filter.
         cache = DynamicCache()
+        started = self.accounting.begin()
         out = self._model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kw: cache})
+        self.accounting.charge_since(started, [request.request_id])
         self._accept(row, out.logits[0, -1, :])
         return row, cache
 
@@ -319,10 +326,12 @@ class TorchEngine(Engine):
         ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long, device=self.device)
         positions = torch.tensor([[r.length] for r in rows], dtype=torch.long, device=self.device)
         full_mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        started = self.accounting.begin()
         out = self._model(
             input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True, **{self._cache_kw: cache}
         )
         logits = out.logits[:, -1, :]
+        self.accounting.charge_since(started, [r.request.request_id for r in rows])
         self.steps += 1
         self.rows_decoded += len(rows)
         greedy = torch.argmax(logits, dim=-1).tolist()

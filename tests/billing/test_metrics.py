@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -10,12 +11,14 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing.models import BillingRun, BillingRunOutcome, IngestCursor
+from billing.models import BillingRun, BillingRunOutcome, IngestCursor, Plan
 from billing.services import invoices
 from billing.services.invoices import billing_run
 from core.errors import ValidationFailed
 from gateway.services import node_register
+from tenants.models import TenantStatus
 from tests import factories
+from tests.factories import plan_with_price, subscribe_directly
 
 
 def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -66,3 +69,33 @@ def test_ingest_lag_is_reported_for_registered_nodes_only() -> None:
     assert 20 * 60 <= lag < 21 * 60
     assert 2 * 3600 <= samples[("mmorch_usage_ingest_lag_seconds", (("node", "node-b"),))] < 2 * 3600 + 60
     assert ("mmorch_usage_ingest_lag_seconds", (("node", "gone"),)) not in samples
+
+
+@pytest.mark.django_db
+def test_ingested_records_are_counted_per_node() -> None:
+    IngestCursor.objects.create(node_name="node-a", records_total=1234)
+    IngestCursor.objects.create(node_name="node-b", records_total=0)
+    samples = scrape()
+    assert samples[("mmorch_usage_ingested_records_total", (("node", "node-a"),))] == 1234
+    assert samples[("mmorch_usage_ingested_records_total", (("node", "node-b"),))] == 0
+
+
+@pytest.mark.django_db
+def test_slo_targets_are_exported_per_active_tenant_and_for_other() -> None:
+    gold, plain, gone = factories.tenant("gold-slo"), factories.tenant("plain-slo"), factories.tenant("gone-slo")
+    plan = plan_with_price(name="Gold SLO").plan
+    Plan.objects.filter(pk=plan.pk).update(slo_availability=Decimal("99.9"), slo_ttft_p95_ms=750, slo_itl_p95_ms=40)
+    subscribe_directly(gold, plan)
+    type(gone).objects.filter(pk=gone.pk).update(status=TenantStatus.SUSPENDED)
+    samples = scrape()
+
+    def target(name: str, tenant: str) -> float | None:
+        return samples.get((name, (("tenant", tenant),)))
+
+    assert target("mmorch_slo_availability_target_ratio", str(gold.pk)) == pytest.approx(0.999)
+    assert target("mmorch_slo_ttft_p95_target_seconds", str(gold.pk)) == pytest.approx(0.75)
+    assert target("mmorch_slo_itl_p95_target_seconds", str(gold.pk)) == pytest.approx(0.04)
+    for tenant in (str(plain.pk), "other"):  # no plan, or folded on the node: the defaults
+        assert target("mmorch_slo_availability_target_ratio", tenant) == pytest.approx(0.995)
+        assert target("mmorch_slo_ttft_p95_target_seconds", tenant) == pytest.approx(2.0)
+    assert target("mmorch_slo_availability_target_ratio", str(gone.pk)) is None

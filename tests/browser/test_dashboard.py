@@ -192,3 +192,33 @@ def test_an_invitee_sees_tenant_and_role_then_joins(page: Page, live_server: obj
     expect(page.get_by_role("heading", name="Invitation not valid")).to_be_visible()
     expect(page.locator("#invitation-invalid")).to_contain_text("wrong, has expired or was already used")
     expect(page.locator("#accept-form")).to_have_count(0)
+
+
+def test_staff_read_service_levels_and_cost_and_download_the_csv(
+    page: Page, live_server: object, world: World, tmp_path: Path
+) -> None:
+    base = str(live_server)
+    sign_in(page, base, world.staff.email)
+    page.goto(f"{base}/platform/")
+    tabs = page.get_by_role("navigation", name="Platform")
+    tabs.get_by_role("link", name="Service levels").click()
+    expect(page.get_by_role("heading", name="Service levels, all tenants")).to_be_visible()
+    row = page.locator("#slo-table tr[data-tenant='acme']")
+    expect(row).to_have_count(1)
+    expect(row.locator(".budget-availability")).to_have_text("100.000%")
+    tabs.get_by_role("link", name="Cost").click()
+    expect(page.locator("#cost-table tr[data-key='acme']")).to_have_count(1)
+    page.get_by_label("By").select_option("model")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#cost-table tr[data-key='demo-llama']")).to_have_count(1)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    path = tmp_path / "cost.csv"
+    download.value.save_as(path)
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [(r["dimension"], r["key"], r["requests"]) for r in rows] == [("model", "demo-llama", "1")]
+    snap(page, "staff-cost")
+    # A bad month is a clear message on the page, not an error page.
+    page.get_by_label("Month (YYYY-MM)").fill("2026-13")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#page-error")).to_contain_text("is not a valid month")

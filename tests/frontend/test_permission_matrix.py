@@ -100,6 +100,7 @@ CALLS: dict[str, Call] = {
     "audit": Call("get", _slug),
     "usage": Call("get", _slug),
     "models": Call("get", _slug),
+    "slo": Call("get", _slug),
     "billing": Call("get", _slug),
     "billing_invoices_csv": Call("get", _slug),
     "billing_lines_csv": Call("get", _slug),
@@ -113,6 +114,9 @@ CALLS: dict[str, Call] = {
     "platform_tenant_plan": Call("post", _slug, lambda w: {"plan": str(w.plan.pk)}, ok=(302,)),  # type: ignore[union-attr]
     "platform_nodes": Call("get", _none),
     "platform_models": Call("get", _none),
+    "platform_slo": Call("get", _none),
+    "platform_cost": Call("get", _none),
+    "platform_cost_csv": Call("get", _none),
     "platform_model_traffic": Call("post", _model, lambda w: {"weight-v1": "50"}, ok=(302,)),
 }
 

@@ -291,6 +291,8 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "v1",
     )
     assert (record["prompt_tokens"], record["completion_tokens"], record["outcome"]) == (5, 3, "length")
+    # Every record carries its share of engine step time (inference/engine/accounting.py).
+    assert all(r["engine_ms"] > 0 for r in records)
     assert record["version"] == 3 and record["client_request_id"] == record["request_id"]  # no client id: its own
     assert record["finished_at"].endswith("Z") and record["started_at"] <= record["finished_at"]
     assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)

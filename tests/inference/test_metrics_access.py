@@ -4,6 +4,7 @@ nobody (404, as for an unknown path) unless INFERENCE_METRICS_PUBLIC=true."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from inference.config import load_config
-from tests.support.inference_node import InferenceNode, inference_node
+from tests.inference.conftest import signed
+from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
 
 TOKEN = "node-metrics-token-0123456789"
 
@@ -77,3 +79,22 @@ def test_the_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert TOKEN not in repr(load_config({**base, "INFERENCE_METRICS_TOKEN": TOKEN})), "kept out of logs"
     opened = load_config({**base, "INFERENCE_METRICS_PUBLIC": "true"})
     assert opened.metrics_public is True
+
+
+def test_tenants_beyond_the_cap_fold_into_other() -> None:
+    with inference_node(INFERENCE_METRICS_PUBLIC="true", INFERENCE_METRICS_MAX_TENANTS="2") as node:
+        for tenant in (11, 12, 13, 14):
+            body = json.dumps({"model": "demo-llama", "prompt": "hi", "max_tokens": 2}).encode()
+            headers = signed(DEFAULT_SECRET, "/v1/completions", body, tenant=tenant)
+            request = urllib.request.Request(node.base_url + "/v1/completions", data=body, headers=headers)
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert response.status == 200
+        status, _, raw = _get(node)
+    assert status == 200
+    text = raw.decode()
+    counted = re.findall(r'mmorch_inference_requests_total\{[^}]*tenant="([^"]+)"[^}]*\} (\S+)', text)
+    per_tenant = {tenant: float(value) for tenant, value in counted}
+    # The first two tenants keep their label; the other two share `other`, with both requests.
+    assert per_tenant == {"11": 1.0, "12": 1.0, "other": 2.0}
+    assert 'tenant="13"' not in text and 'tenant="14"' not in text
+    assert re.search(r'mmorch_inference_time_to_first_token_seconds_count\{[^}]*tenant="other"[^}]*\} 2\.0', text)

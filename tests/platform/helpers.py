@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = ROOT / "platform" / "docker"
 PROMETHEUS_DIR = ROOT / "platform" / "prometheus"
 RULES_FILE = PROMETHEUS_DIR / "rules" / "mmorch-alerts.yml"
+# Every rule file Prometheus loads (rules/*.yml): the platform alerts, then SLOs and anomalies.
+RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 DASHBOARDS_DIR = ROOT / "platform" / "grafana" / "dashboards"
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -226,9 +229,13 @@ def promql_metric_names(expr: str, *, prefix: str = "mmorch") -> set[str]:
     return {name for name in _NAME_RE.findall(text) if name.startswith((prefix + "_", prefix + ":"))}
 
 
+def rule_groups() -> list[dict[str, Any]]:
+    """The groups of every rule file, in file order (as k8s/monitoring/prometheusrule.yaml holds them)."""
+    return [group for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]]
+
+
 def alert_rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
+    return [rule for group in rule_groups() for rule in group["rules"]]
 
 
 def recording_rule_names() -> set[str]:

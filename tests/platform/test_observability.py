@@ -11,10 +11,9 @@ import pytest
 import yaml
 
 from tests.platform import helpers
-from tests.platform.helpers import PROMETHEUS_DIR, ROOT, RULES_FILE
+from tests.platform.helpers import PROMETHEUS_DIR, ROOT, RULE_FILES, RULE_TEST_FILES
 
 OPERATIONS = ROOT / "docs" / "operations.md"
-RULE_TESTS = PROMETHEUS_DIR / "tests" / "mmorch-alerts.test.yml"
 DATASOURCES = ROOT / "platform" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 REQUIRED_ALERTS = {
     "GatewayErrorRateHigh",  # gateway error-rate objective
@@ -24,6 +23,15 @@ REQUIRED_ALERTS = {
     "UsageIngestionLagging",  # usage ingestion lag
     "InvoiceRunFailed",  # invoice run failure
     "TenantAtQuota",  # tenants at quota
+    "SLOAvailabilityFastBurn",  # per-tenant availability objective, 1h/5m at 14.4x
+    "SLOAvailabilitySlowBurn",  # the same, 6h/30m at 6x
+    "SLOTimeToFirstTokenMissed",  # per-tenant p95 time to first token objective
+    "SLOInterTokenLatencyMissed",  # per-tenant p95 inter-token latency objective
+    "InferenceErrorRateHigh",  # anomalies: errors, latency, queue growth, flapping, ingestion
+    "InferenceTimeToFirstTokenHigh",
+    "InferenceQueueGrowing",
+    "InferenceNodeFlapping",
+    "UsageIngestionStalled",
 }
 
 
@@ -39,9 +47,10 @@ def _run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_alert_rules_pass_promtool_check() -> None:
-    result = _run_promtool("check", "rules", str(RULES_FILE))
+    assert len(RULE_FILES) >= 2, RULE_FILES
+    result = _run_promtool("check", "rules", *map(str, RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    assert result.stdout.count("SUCCESS") == len(RULE_FILES)
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
@@ -51,11 +60,12 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
 
 
 def test_alerts_fire_in_the_rule_unit_tests() -> None:
-    result = _run_promtool("test", "rules", str(RULE_TESTS))
+    result = _run_promtool("test", "rules", *map(str, RULE_TEST_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
     tested = {
         case["alertname"]
-        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for path in RULE_TEST_FILES
+        for test in yaml.safe_load(path.read_text())["tests"]
         for case in test.get("alert_rule_test", [])
         if case["exp_alerts"]
     }
@@ -67,7 +77,7 @@ def test_scrape_config_passes_promtool_check(tmp_path: Path) -> None:
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     # The same file with the rules where this checkout has them, so promtool checks those too.
-    config["rule_files"] = [str(RULES_FILE)]
+    config["rule_files"] = [str(path) for path in RULE_FILES]
     # Both planes' /metrics ask for the bearer token; promtool wants the credentials file to exist.
     token_file = tmp_path / "metrics_token"
     token_file.write_text("t" * 40)

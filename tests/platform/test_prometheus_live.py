@@ -75,7 +75,7 @@ def prometheus(
     workdir = tmp_path_factory.mktemp("prometheus")
     config = yaml.safe_load((helpers.PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
-    config["rule_files"] = [str(helpers.RULES_FILE)]
+    config["rule_files"] = [str(path) for path in helpers.RULE_FILES]
     token_file = workdir / "metrics_token"
     token_file.write_text(METRICS_TOKEN)
     targets = {"mmorch-control-plane": control_plane_target, "mmorch-inference": f"127.0.0.1:{live_node.port}"}

@@ -23,7 +23,7 @@ def _gin_drop(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0004_usage_attribution_and_cost"),
+        ("billing", "0005_plan_slo_targets_spend_jump_alerts"),
     ]
 
     operations = [
