@@ -119,6 +119,8 @@ async def embeddings_create(serving: OpenAIServing, ctx: SignedContext, body: Em
     dispatched = time.monotonic()
     metrics.queue_time.labels(*labels).observe(dispatched - arrival)
 
+    engine_ms = 0.0
+
     def record(outcome: Outcome, tokens: int) -> JournalRecord:
         now = time.monotonic()
         return JournalRecord(
@@ -138,10 +140,11 @@ async def embeddings_create(serving: OpenAIServing, ctx: SignedContext, body: Em
             finished_at=utc_iso(arrival_wall + (now - arrival)),
             end_user=body.end_user(),
             metadata=body.tags(),
+            engine_ms=round(engine_ms, 3),
         )
 
     try:
-        vectors = await engine.embed(inputs)
+        vectors, engine_ms = await engine.embed_timed(inputs)
     except asyncio.CancelledError:
         # The client went away: the batch may still run, so the tokens count as served.
         serving.journal.submit(record("aborted", prompt_tokens))

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,18 @@ class EmbeddingEngine(Engine):
     # -- embeddings ----------------------------------------------------------------------------------
     async def embed(self, inputs: list[list[int]]) -> Any:
         """Embeddings of token-id inputs (special tokens included): a float32 array, one row each."""
+        rows, _ = await self.embed_timed(inputs)
+        return rows
+
+    async def embed_timed(self, inputs: list[list[int]]) -> tuple[Any, float]:
+        """The embeddings and this request's share of the forward passes' time, in ms (split among
+        a batch's requests by their tokens, as the engine's cost is)."""
         if self._queue is None:
             raise EngineError("the embedding engine is not started")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(inputs, future))
-        return await future
+        rows, engine_ms = await future
+        return rows, engine_ms
 
     async def _batcher(self) -> None:
         assert self._queue is not None
@@ -186,6 +194,7 @@ class EmbeddingEngine(Engine):
             flat = [ids for job in jobs for ids in job.ids]
             self._running = len(flat)
             self.batches += 1
+            started = time.perf_counter()
             try:
                 vectors = await asyncio.to_thread(self.forward, flat)
             except Exception as exc:
@@ -196,12 +205,15 @@ class EmbeddingEngine(Engine):
                 continue
             finally:
                 self._running = 0
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            tokens = sum(len(ids) for ids in flat) or 1
             start = 0
             for job in jobs:
                 rows = vectors[start : start + len(job.ids)]
                 start += len(job.ids)
                 if not job.future.done():
-                    job.future.set_result(rows)
+                    share = elapsed_ms * sum(len(ids) for ids in job.ids) / tokens
+                    job.future.set_result((rows, share))
 
     def forward(self, inputs: list[list[int]]) -> Any:
         """Run the encoder (blocking): chunks of at most max_batch_size inputs, similar lengths

@@ -85,6 +85,7 @@ async def test_node_embeddings_shapes_and_usage(node: InferenceNode) -> None:
     (record,) = [r for r in records(node) if r["request_id"] == "emb-1"]
     assert (record["prompt_tokens"], record["completion_tokens"], record["outcome"]) == (8, 0, "stop")
     assert record["model"] == MODEL
+    assert record["engine_ms"] > 0  # its share of the forward pass
 
     status, b64 = await embed(node, {"model": MODEL, "input": "hello world", "encoding_format": "base64"})
     decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
