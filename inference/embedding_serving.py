@@ -92,7 +92,7 @@ async def embeddings_create(serving: OpenAIServing, ctx: SignedContext, body: Em
     prompt_tokens = sum(len(ids) for ids in inputs)
 
     request_id = ctx.request_id or str(uuid.uuid4())
-    labels = (str(ctx.tenant), served.name, served.version)
+    labels = (serving.metrics.tenant_label(str(ctx.tenant)), served.name, served.version)
     ticket = Ticket(
         request_id=request_id,
         tenant=str(ctx.tenant),
