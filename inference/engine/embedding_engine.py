@@ -80,8 +80,8 @@ class EmbeddingEngine(Engine):
 
     # -- life ----------------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load the encoder and its tokenizer from the local directory (blocking; never downloads)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        """Load the encoder and its tokenizer from the local directory (blocking; `local_files_only`:
+        never a download)."""
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
