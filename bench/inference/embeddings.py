@@ -90,7 +90,14 @@ async def callers_one_at_a_time(engine: EmbeddingEngine, n: int) -> float:
     return rate(n, time.perf_counter() - start)
 
 
-async def main(rounds: int = 5, repeat: int = 3, write: bool = False) -> dict[str, float]:
+# Defaults of `main()` (bench/inference/__main__.py shortens them for --quick).
+ROUNDS = 5
+REPEAT = 3
+
+
+async def main(rounds: int | None = None, repeat: int | None = None, write: bool = False) -> dict[str, float]:
+    rounds = ROUNDS if rounds is None else rounds
+    repeat = REPEAT if repeat is None else repeat
     engine = EmbeddingEngine(model_path=model_dir(), max_batch_size=BATCH)
     await engine.start()  # sets torch's threads as the node does; the direct path shares them
     direct = Direct()
@@ -110,6 +117,7 @@ async def main(rounds: int = 5, repeat: int = 3, write: bool = False) -> dict[st
         best["one_at_a_time"] = max(best["one_at_a_time"], await callers_one_at_a_time(engine, BATCH))
         print(best, file=sys.stderr)
     await engine.stop()
+    best["forward_passes_64_callers"] = float(passes)
     lines = [
         "## Embeddings (all-MiniLM-L6-v2, CPU)",
         "",
@@ -137,8 +145,8 @@ async def main(rounds: int = 5, repeat: int = 3, write: bool = False) -> dict[st
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="batches of 64 per measurement (x8 single inputs)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="batches of 64 per measurement (x8 single inputs)")
+    parser.add_argument("--repeat", type=int, default=REPEAT)
     parser.add_argument("--write", action="store_true", help="write the section of bench/inference/RESULTS.md")
     args = parser.parse_args()
     asyncio.run(main(args.rounds, args.repeat, args.write))
