@@ -6,7 +6,7 @@ Each benchmark writes its own RESULTS.md beside it; docs/benchmarks.md gathers t
 import runpy
 import sys
 
-BENCHMARKS = ("key_auth", "inference", "gateway_overhead", "ledger")
+BENCHMARKS = ("key_auth", "inference", "gateway_overhead", "ledger", "billing")
 
 names = sys.argv[1:] or list(BENCHMARKS)
 unknown = sorted(set(names) - set(BENCHMARKS))

@@ -296,7 +296,7 @@ class IngestCursorAdmin(ReadOnlyAdmin):
 
 @admin.register(BillingRun)
 class BillingRunAdmin(ReadOnlyAdmin):
-    list_display = ("period", "outcome", "issued", "skipped", "started_at", "finished_at")
+    list_display = ("period", "outcome", "issued", "skipped", "failed", "started_at", "finished_at")
     list_filter = ("outcome",)
 
 

@@ -405,6 +405,7 @@ __all__ = [
 
 class BillingRunOutcome(models.TextChoices):
     SUCCESS = "success"
+    PARTIAL = "partial"  # some tenants failed (in `error`); the next run tries them again
     FAILURE = "failure"
 
 
@@ -417,6 +418,7 @@ class BillingRun(models.Model):
     outcome = models.CharField(max_length=16, choices=BillingRunOutcome.choices)
     issued = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)  # tenants that could not be invoiced
     error = models.TextField(blank=True)
 
     class Meta:

@@ -2,7 +2,8 @@
 price of that model whose `effective_from` is not later than the start.
 
 A `PriceBook` loads subscriptions and prices for a set of tenants in two queries and answers
-every lookup of a batch from memory.
+every lookup of a batch from memory; a `PriceBookCache` keeps one across the pages of an
+ingestion run while it is still complete.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from django.utils import timezone
+
 from billing.models import Price, Subscription
 from billing.money import default_currency
+from tenants.models import Tenant
 
 ZERO = Decimal(0)
 
@@ -71,3 +75,42 @@ class PriceBook:
         if index < 0:
             return AppliedPrice(None, ZERO, ZERO, currency)
         return self._prices[(plan_id, model_name)][index]
+
+
+# Above this many tenants a cached book is not widened: a new one covers the page's tenants only.
+_CACHE_TENANTS_MAX = 20_000
+
+
+class PriceBookCache:
+    """One `PriceBook` kept across the pages of an ingestion run while it is still complete.
+
+    Prices and subscriptions are never backdated (`price_set` and `subscription_create` refuse a
+    moment in the past), so a book loaded at time L answers every request that started before L
+    as a book loaded later would. A page holding a request that started at or after L, or a tenant
+    the book does not know, gets a new book (for the tenants seen so far and the page's): tenants
+    named by no row are looked up again every time, never remembered as unknown.
+    """
+
+    def __init__(self) -> None:
+        self._book: PriceBook | None = None
+        self._known: frozenset[int] = frozenset()
+        self._loaded_at: datetime | None = None
+
+    def book_for(self, tenant_ids: set[int], latest_start: datetime) -> tuple[PriceBook, set[int]]:
+        """A book for `tenant_ids` and the subset of them that exist."""
+        if (
+            self._book is not None
+            and self._loaded_at is not None
+            and latest_start < self._loaded_at
+            and tenant_ids <= self._known
+        ):
+            return self._book, set(tenant_ids)
+        wanted = set(tenant_ids)
+        if len(self._known) < _CACHE_TENANTS_MAX:
+            wanted |= self._known
+        loaded_at = timezone.now()  # before the reads: anything they miss starts after it
+        known = set(Tenant.objects.filter(id__in=wanted).values_list("id", flat=True))
+        self._book = PriceBook(known)
+        self._known = frozenset(known)
+        self._loaded_at = loaded_at
+        return self._book, tenant_ids & known

@@ -15,6 +15,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from core.redis_url import SCHEMES, RedisUrlError, celery_broker, parse_redis_url
+from wire.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -94,6 +95,34 @@ TEMPLATES = [
 # --- database and cache ---------------------------------------------------------------
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+# PostgreSQL connections come from a pool per process (psycopg 3's, through Django), so however many
+# threads ask, a process holds at most DATABASE_POOL_MAX_SIZE connections and waits up to
+# DATABASE_POOL_TIMEOUT_S for one. Behind PgBouncer in transaction mode (DATABASE_PGBOUNCER=true)
+# server-side cursors are off and the pool is off unless DATABASE_POOL asks for a small one.
+# Prepared statements stay off (Django's default for psycopg 3), which PgBouncer needs too.
+DATABASE_PGBOUNCER: bool = env.bool("DATABASE_PGBOUNCER", default=False)
+DATABASE_POOL: bool = env.bool("DATABASE_POOL", default=not DATABASE_PGBOUNCER)
+DATABASE_POOL_MIN_SIZE: int = env.int("DATABASE_POOL_MIN_SIZE", default=1)
+DATABASE_POOL_MAX_SIZE: int = env.int("DATABASE_POOL_MAX_SIZE", default=8)
+DATABASE_POOL_TIMEOUT_S: float = env.float("DATABASE_POOL_TIMEOUT_S", default=3.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_PGBOUNCER
+    if DATABASE_POOL:
+        if DATABASES["default"]["CONN_MAX_AGE"]:
+            raise ImproperlyConfigured("DATABASE_CONN_MAX_AGE must be 0 with DATABASE_POOL (the pool keeps them)")
+        if not 0 <= DATABASE_POOL_MIN_SIZE <= DATABASE_POOL_MAX_SIZE or DATABASE_POOL_MAX_SIZE < 1:
+            raise ImproperlyConfigured("DATABASE_POOL_MIN_SIZE must be between 0 and DATABASE_POOL_MAX_SIZE (>= 1)")
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": DATABASE_POOL_MIN_SIZE,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT_S,
+            "name": "default",
+        }
+# Keys' last_used_at (tenants/keyuse.py): each process pushes its notes (to Redis, else the database)
+# this often; beat writes Redis's to the database this often, this many keys per statement.
+TENANTS_KEY_MARKS_PUSH_S: float = env.float("TENANTS_KEY_MARKS_PUSH_S", default=2.0)
+TENANTS_KEY_MARKS_FLUSH_S: float = env.float("TENANTS_KEY_MARKS_FLUSH_S", default=30.0)
+TENANTS_KEY_MARKS_BATCH: int = env.int("TENANTS_KEY_MARKS_BATCH", default=1000)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server, the worker and beat share the embedded database.
     DATABASES["default"]["OPTIONS"] = {
@@ -283,7 +312,13 @@ if CELERY_BROKER_URL == "filesystem://":
 CELERY_TASK_ALWAYS_EAGER: bool = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "tenants-key-marks-flush": {
+        "task": "tenants.tasks.key_marks_flush",
+        "schedule": TENANTS_KEY_MARKS_FLUSH_S,
+        "options": {"expires": TENANTS_KEY_MARKS_FLUSH_S},
+    }
+}
 
 # --- inference plane -------------------------------------------------------------------------
 # HMAC secret shared with every inference node; several comma-separated values let nodes
@@ -342,6 +377,13 @@ BILLING_DEFAULT_CURRENCY: str = env.str("BILLING_DEFAULT_CURRENCY", default="USD
 BILLING_INVOICE_PREFIX: str = env.str("BILLING_INVOICE_PREFIX", default="MMO")
 BILLING_NET_DAYS: int = env.int("BILLING_NET_DAYS", default=14)
 BILLING_INGEST_PAGE_SIZE: int = env.int("BILLING_INGEST_PAGE_SIZE", default=1000)
+# Nodes ingested at once, one database connection each; the rollup rows they share serialise
+# their writes, so more than the database's cores stops paying.
+BILLING_INGEST_CONCURRENCY: int = env.int("BILLING_INGEST_CONCURRENCY", default=2)
+# A billing run reads the ledger for this many tenants at a time and writes this many invoices per
+# transaction: memory follows the first, lock time the second.
+BILLING_RUN_CHUNK: int = env.int("BILLING_RUN_CHUNK", default=5000)
+BILLING_RUN_BATCH: int = env.int("BILLING_RUN_BATCH", default=500)
 BILLING_INGEST_INTERVAL_S: float = env.float("BILLING_INGEST_INTERVAL_S", default=5.0)
 BILLING_ISSUER_NAME: str = env.str("BILLING_ISSUER_NAME", default="mm-orch")
 # Cost of serving: what one inference node costs per hour (engine-seconds are priced at this).
@@ -391,11 +433,6 @@ AXES_USERNAME_FORM_FIELD = "username"
 # Password reset links work for 3 hours.
 PASSWORD_RESET_TIMEOUT = 3 * 3600
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# Structured lines (wire/logs.py): MMORCH_LOG_FORMAT=json (the images) or console (the default).
+LOGGING_CONFIG = "core.logging.configure"
+LOGGING = logging_config(service="control-plane", level=env.str("LOG_LEVEL", default="INFO"))

@@ -31,7 +31,9 @@ from prometheus_client import (
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.registry import Collector
 
+from core.dbpool import db_pool_sample
 from wire.errors import error_payload
+from wire.logs import log_request_start
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -75,10 +77,12 @@ class _SyncAndAsync:
 
 
 class RequestIdMiddleware(_SyncAndAsync):
-    """Gives every request an id (`request.request_id`) and echoes it in the response."""
+    """Gives every request an id (`request.request_id`), puts it on every log line of the request
+    and echoes it in the response."""
 
     def __call__(self, request: HttpRequest) -> Any:
         request.request_id = request_id_from(request)  # type: ignore[attr-defined]
+        log_request_start(request.request_id)  # type: ignore[attr-defined]
         if self.is_async:
             return self._acall(request)
         response = self.get_response(request)
@@ -193,6 +197,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     refused = _metrics_refusal(request)
     if refused is not None:
         return refused
+    db_pool_sample()  # this process's pool figures, fresh (the others' come from their samplers)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

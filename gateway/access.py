@@ -6,12 +6,10 @@ and the 503 of a database outage.
 import logging
 import time
 
-from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.http import HttpRequest
 
 from gateway.conf import conf
-from gateway.forward import _quietly, background
 from gateway.protocol import APIError, ParsedRequest
 from gateway.quota import Decision
 from gateway.registry import ModelRoute, Snapshot
@@ -74,18 +72,10 @@ async def authenticate(request: HttpRequest) -> KeyContext:
         raise APIError(
             403, "This API key lacks the 'inference' scope.", type="permission_error", code="permission_denied"
         )
-    # last_used_at is written at most once a minute per key: only then is a thread involved.
+    # A note in memory, at most once a minute per key; tenants/keyuse.py carries it to the database.
     if conf().mark_keys_used and key_mark_used_due(ctx.key_id):
-        background(_quietly(sync_to_async(_mark_used, thread_sensitive=False)(ctx.key_id), "key_mark_used"))
+        key_mark_used(ctx.key_id, due_checked=True)
     return ctx
-
-
-def _mark_used(key_id: int) -> None:
-    """Runs in a worker thread: the write, then give the thread's connection back."""
-    try:
-        key_mark_used(key_id, due_checked=True)
-    finally:
-        close_old_connections()
 
 
 def models_allowed(snap: Snapshot, ctx: KeyContext) -> list[str]:

@@ -36,6 +36,8 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 from django.urls import set_script_prefix  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
+from core.tracing import asgi_traced, control_plane_tracing  # noqa: E402
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
@@ -96,8 +98,9 @@ def _prefixes() -> tuple[str, ...]:
     return tuple(settings.GATEWAY_LEAN_PATH_PREFIXES)
 
 
+control_plane_tracing()  # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before the middleware loads
 django_application = get_asgi_application()
-gateway_application = GatewayASGIHandler()
+gateway_application = asgi_traced(GatewayASGIHandler())
 _lean = _prefixes()
 
 

@@ -25,6 +25,8 @@ from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, regis
 from tenants.types import KeyContext
 from wire.client import InferenceClient
 from wire.context import SignedContext
+from wire.logs import log_bind
+from wire.tracing import span, traceparent_current
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class Forward:
             max_inflight=tenant.max_concurrent_requests or 0,
             max_queued=conf().node_max_queued,
             model_version=version.version,
+            traceparent=traceparent_current(),
         )
 
     def _upstream_body(self) -> bytes:
@@ -137,22 +140,26 @@ class Forward:
         picked: tuple[VersionRoute, NodeInfo] | None = None
         server_errors: list[tuple[int, str]] = []  # nodes that answered this request with a 5xx
         for _attempt in range(2):  # the first node, then one retry elsewhere (a new attempt, a new id)
-            picked = registry.pick(snap, route, frozenset(tried))
+            with span("gateway.route"):
+                picked = registry.pick(snap, route, frozenset(tried))
             if picked is None:
                 break
             version, node = picked
             tried.add(node.id)
             registry.acquire(node.id)
             self.attempt_id = attempt_id_new()
+            log_bind(node=node.name, attempt_id=self.attempt_id)
             try:
-                upstream = await upstream_client().open(
-                    node.base_url,
-                    self.path,
-                    body,
-                    self._context(version, self.attempt_id),
-                    secret=_secret(),
-                    timeout=conf().upstream_timeout_s,
-                )
+                # Until the node's response headers; the node's spans are its children.
+                with span("gateway.upstream", {"mmorch.node": node.name, "mmorch.attempt_id": self.attempt_id}):
+                    upstream = await upstream_client().open(
+                        node.base_url,
+                        self.path,
+                        body,
+                        self._context(version, self.attempt_id),
+                        secret=_secret(),
+                        timeout=conf().upstream_timeout_s,
+                    )
             except _RETRYABLE as exc:
                 registry.release(node.id)
                 registry.node_failed(node.id, node.name)

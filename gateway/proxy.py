@@ -34,6 +34,8 @@ from gateway.registry import ModelRoute, Snapshot, registry
 from gateway.tokens import prompt_counter
 from tenants.types import KeyContext
 from wire.context import SignedContext
+from wire.logs import log_bind
+from wire.tracing import span
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +101,12 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
     try:
         if request.method != "POST":
             raise APIError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
-        ctx = await authenticate(request)
+        with span("gateway.authenticate"):
+            ctx = await authenticate(request)
+        log_bind(tenant=ctx.tenant_id, key_id=ctx.key_id)
         raw = _read_body(request)
         parsed = parse_body(raw, chat=chat)
+        log_bind(model=parsed.model)
         snap = await _snapshot(fresh=False)
         try:
             route = model_check(snap, ctx, parsed.model)
@@ -131,7 +136,8 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
         parsed.prompt_tokens = counted.tokens
         reserve = parsed.prompt_estimate() + limits_check(parsed, ctx, counted)
         try:
-            decision = await backend().admit(subjects_for(ctx), tokens=reserve)
+            with span("gateway.quota_admission"):
+                decision = await backend().admit(subjects_for(ctx), tokens=reserve)
         except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
             logger.exception("gateway: quota admission failed")
             raise APIError(

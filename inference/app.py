@@ -29,10 +29,12 @@ from inference.metrics import Metrics
 from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
+from inference.telemetry import request_bind
 from wire.attribution import attribution_parse
 from wire.context import SignedContext
 from wire.embeddings import embedding_request_parse
 from wire.errors import APIError
+from wire.logs import log_bind
 from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
 from wire.signing import HEADER_SIGNATURE, SignatureError, verify_signature
 
@@ -241,6 +243,7 @@ async def _authenticate(request: Request, node: Node, body: bytes) -> SignedCont
         raise APIError(
             401, "invalid request signature: replayed request", type="authentication_error", code="replayed_request"
         )
+    request_bind(ctx)
     return ctx
 
 
@@ -348,6 +351,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             attribution = attribution_parse(body_bytes)
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+        log_bind(model=body.model)
         chat = model_cls is ChatCompletionRequest
         node.state.inflight += 1
         handed_off = False

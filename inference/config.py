@@ -71,6 +71,11 @@ class NodeConfig(BaseModel):
     )
     replay_cache_size: int = Field(default=200_000, ge=1, description="signed attempt ids remembered at most")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # json or console (wire/logs.py); anything else warns once and logs as console.
+    log_format: str = "console"
+    # This node in log lines ("" = host name and port); the name it is registered under reads best.
+    node_name: str = Field(default="", max_length=200)
+    access_log: bool = False  # uvicorn's line per HTTP request (the node logs each generation anyway)
     # /metrics asks for this bearer token; without one it answers 404 unless metrics_public is set
     # (the node has no development mode of its own, so open metrics are a choice, not a default).
     metrics_token: str = Field(default="", repr=False)
@@ -121,6 +126,9 @@ NODE_ENV = {
     "INFERENCE_SIGNATURE_MAX_SKEW_S": "signature_max_skew_s",
     "INFERENCE_REPLAY_CACHE_SIZE": "replay_cache_size",
     "INFERENCE_LOG_LEVEL": "log_level",
+    "MMORCH_LOG_FORMAT": "log_format",
+    "INFERENCE_NODE_NAME": "node_name",
+    "INFERENCE_ACCESS_LOG": "access_log",
     "INFERENCE_METRICS_TOKEN": "metrics_token",
     "INFERENCE_METRICS_PUBLIC": "metrics_public",
     "INFERENCE_METRICS_MAX_TENANTS": "metrics_max_tenants",

@@ -16,6 +16,7 @@ import uvicorn
 
 from inference.app import Node, create_app
 from inference.config import ConfigError, load_config
+from inference.telemetry import instrument_app, telemetry_setup
 
 logger = logging.getLogger("inference.server")
 
@@ -49,8 +50,9 @@ def main() -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    telemetry_setup(config)
     app = create_app(config)
+    instrument_app(app)
     uv_config = uvicorn.Config(
         app,
         host=config.host,
@@ -58,8 +60,9 @@ def main() -> int:
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=False,
+        access_log=config.access_log,
         log_level=config.log_level,
+        log_config=None,  # the lines go through the node's structured logging (inference/telemetry.py)
         timeout_graceful_shutdown=int(config.drain_timeout_s) or None,
         timeout_keep_alive=30,
     )

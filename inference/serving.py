@@ -20,11 +20,13 @@ from inference.engine.embedding_engine import ENGINE_KIND_EMBEDDING
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
+from inference.telemetry import request_finished
 from wire.attribution import Attribution
 from wire.context import SignedContext
 from wire.errors import APIError
 from wire.prompt import PromptRejected
 from wire.protocol import ChatCompletionRequest, CompletionRequest
+from wire.tracing import span, trace_id_current, trace_id_of
 from wire.usage import JournalRecord, Outcome
 
 logger = logging.getLogger("inference.serving")
@@ -118,7 +120,8 @@ class Generation:
                 if out.error:
                     logger.error("request %s failed in the engine: %s", self.request.request_id, out.error)
                 # Durable before the caller sends the last byte of the response.
-                await self.serving.journal.append(self._record(self.finish_reason))
+                with span("node.journal_commit"):
+                    await self.serving.journal.append(self._record(self.finish_reason))
                 self.recorded = True
                 self._account(self.finish_reason)
                 self.close()
@@ -143,9 +146,11 @@ class Generation:
 
     def _account(self, outcome: Outcome) -> None:
         metrics = self.serving.metrics
+        now = time.monotonic()
         metrics.requests.labels(*self.labels, outcome).inc()
         metrics.completion_tokens.labels(*self.labels).inc(self.completion_tokens)
-        metrics.e2e.labels(*self.labels).observe(time.monotonic() - self.arrival)
+        metrics.e2e.labels(*self.labels).observe(now - self.arrival)
+        request_finished(self, outcome, now)
 
     def _record(self, outcome: Outcome) -> JournalRecord:
         now = time.monotonic()
@@ -170,6 +175,8 @@ class Generation:
             end_user=self.attribution.end_user(),
             metadata=self.attribution.tags(),
             engine_ms=round(self.engine_ms, 3),
+            # The gateway's trace; the node's own when the gateway does not trace.
+            trace_id=trace_id_of(self.ctx.traceparent) or trace_id_current(),
         )
 
 

@@ -2,28 +2,29 @@
 
 `tenants.keycache.KeyCache` is the cache itself (entries and the global version, no Django);
 this module owns the process's one cache, what may be cached for a key (`_context_from_key`),
-the refusal reasons, and the once-a-minute `last_used_at` write. Writes that can make a cached
+the refusal reasons, and the once-a-minute `last_used_at` note (tenants/keyuse.py). Writes that can make a cached
 key wrong call `key_cache_invalidate()`.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from tenants.keycache import KeyCache
+from tenants.keyrow import key_row_by_digest
+from tenants.keyuse import NOTE_INTERVAL as LAST_USED_WRITE_INTERVAL  # noqa: F401 - re-exported
+from tenants.keyuse import key_use_due, key_use_note, key_use_reset
 from tenants.models import APIKey, TenantLimits, TenantStatus
 from tenants.selectors import limits_from_rows, token_digest
 from tenants.types import KeyContext
 
 INFERENCE_PREFIX = "sk-"
 ADMIN_PREFIX = "sk-admin-"
-LAST_USED_WRITE_INTERVAL = 60.0  # seconds between `last_used_at` writes per key
 
 _cache_lock = threading.Lock()
 _cache: KeyCache | None = None
@@ -44,7 +45,7 @@ def key_cache_reset() -> None:
     global _cache
     with _cache_lock:
         _cache = None
-    _last_marked.clear()
+    key_use_reset()
 
 
 def key_cache_invalidate() -> None:
@@ -116,7 +117,7 @@ def key_check(raw: str) -> tuple[KeyContext | None, str]:
     if hit:
         return context, reason
     version = cache.current_version()
-    key = APIKey.objects.select_related("tenant", "tenant__limits").filter(digest=digest).first()
+    key = key_row_by_digest(digest)  # the one query (select_related's, prepared once per process)
     if key is None:
         cache.put(digest, None, version, None, KEY_UNKNOWN)
         return None, KEY_UNKNOWN
@@ -138,7 +139,17 @@ async def akey_check(raw: str) -> tuple[KeyContext | None, str]:
     hit, context, reason = key_cache().lookup(token_digest(raw))
     if hit:
         return context, reason
-    return await sync_to_async(key_check)(raw)
+    return await sync_to_async(_key_check_pooled, thread_sensitive=False)(raw)
+
+
+def _key_check_pooled(raw: str) -> tuple[KeyContext | None, str]:
+    """`key_check` in a worker thread: its one query, then the connection goes back to the pool
+    (or closes, or stays with CONN_MAX_AGE), so no thread keeps a connection between requests."""
+    try:
+        return key_check(raw)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 async def akey_authenticate(raw: str) -> KeyContext | None:
@@ -146,37 +157,16 @@ async def akey_authenticate(raw: str) -> KeyContext | None:
     return (await akey_check(raw))[0]
 
 
-_last_marked: dict[int, float] = {}
-
-
 def key_mark_used_due(key_id: int) -> bool:
-    """The in-process half of the once-a-minute throttle: a dict lookup, no I/O, so hot async
-    paths call it inline and hand only the rare due key to `key_mark_used(..., due_checked=True)`."""
-    now = time.monotonic()
-    last = _last_marked.get(key_id)
-    if last is not None and now - last < LAST_USED_WRITE_INTERVAL:
-        return False
-    _last_marked[key_id] = now
-    return True
-
-
-def _mark_used_due_everywhere(key_id: int) -> bool:
-    """The cross-process half: one process per minute wins the Redis key."""
-    if settings.REDIS_URL:
-        try:
-            client = key_cache()._client()
-            return bool(client.set(f"mmorch:key-used:{key_id}", 1, nx=True, ex=int(LAST_USED_WRITE_INTERVAL)))
-        except Exception:
-            return True
-    return True
+    """The once-a-minute throttle per key and process: a dict lookup, no I/O."""
+    return key_use_due(key_id)
 
 
 def key_mark_used(key_id: int, *, due_checked: bool = False) -> None:
-    """Records that a key was used; `last_used_at` is written at most once a minute per key."""
-    if (due_checked or key_mark_used_due(key_id)) and _mark_used_due_everywhere(key_id):
-        APIKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+    """Records that a key was used. No database write here: the note reaches `last_used_at`
+    through Redis and a beat task (tenants/keyuse.py), at most once a minute per key."""
+    key_use_note(key_id, due_checked=due_checked)
 
 
 async def akey_mark_used(key_id: int) -> None:
-    if key_mark_used_due(key_id) and _mark_used_due_everywhere(key_id):
-        await APIKey.objects.filter(pk=key_id).aupdate(last_used_at=timezone.now())
+    key_use_note(key_id)

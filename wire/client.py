@@ -8,7 +8,6 @@ in torch, transformers or fastapi.
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 import uuid
@@ -16,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import orjson
 
 from wire.context import SignedContext
 from wire.signing import sign_headers
@@ -80,7 +80,7 @@ def usage_pull(base_url: str, secret: str, *, after: int, limit: int = 1000, tim
     headers = sign_headers(secret, "GET", path, b"", ctx)
     request = urllib.request.Request(base_url.rstrip("/") + path, headers=headers, method="GET")  # noqa: S310
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        page: dict[str, Any] = json.loads(response.read())
+        page: dict[str, Any] = orjson.loads(response.read())
     return page
 
 

@@ -1,4 +1,5 @@
-"""HMAC request signing: over method, path (with query), body digest, timestamp and the context headers."""
+"""HMAC request signing: over method, path (with query), body digest, timestamp and the context headers
+(the trace context among them when the request is traced)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-from wire.context import CONTEXT_HEADERS, ContextError, SignedContext
+from wire.context import CONTEXT_HEADERS, HEADER_TRACEPARENT, ContextError, SignedContext
 
 HEADER_TIMESTAMP = "x-mmorch-timestamp"
 HEADER_SIGNATURE = "x-mmorch-signature"
@@ -21,6 +22,11 @@ class SignatureError(Exception):
 def _canonical(method: str, path: str, body: bytes, timestamp: str, context: Mapping[str, str]) -> bytes:
     lines = [method.upper(), path, hashlib.sha256(body).hexdigest(), timestamp]
     lines.extend(f"{name}:{context.get(name, '')}" for name in CONTEXT_HEADERS)
+    traceparent = context.get(HEADER_TRACEPARENT, "")
+    if traceparent:
+        # Only when present: an untraced request signs exactly as before, and a traceparent
+        # added to or stripped from a signed request breaks its signature.
+        lines.append(f"{HEADER_TRACEPARENT}:{traceparent}")
     return "\n".join(lines).encode()
 
 

@@ -1,6 +1,7 @@
 from django.urls import include, path
 
 from bench.gateway_overhead.passthrough import passthrough
+from core.observability import metrics
 
 urlpatterns = [
     path("v1/", include("gateway.urls")),
@@ -8,4 +9,5 @@ urlpatterns = [
     # through Django's full stack (the project's middleware) and once through the gateway's lane.
     path("bare/v1/chat/completions", passthrough),
     path("lean/bare/v1/chat/completions", passthrough),
+    path("metrics", metrics),
 ]

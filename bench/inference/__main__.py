@@ -19,6 +19,7 @@ parser.add_argument("--no-write", action="store_true", help="do not write RESULT
 args = parser.parse_args()
 if args.quick:
     batching.LEVELS = (1, 16)
+    batching.DEFAULT_MODELS = ("demo",)
     noisy_neighbour.B_REQUESTS = 12
     weighted_shares.MEASURE_S = 6.0
     embeddings.ROUNDS, embeddings.REPEAT = 2, 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from inference.bench_model import build_bench_model
 from inference.demo_model import build_demo_model
 from inference.engine.base import EngineRequest, SamplingParams
 from inference.engine.torch_engine import TorchEngine
@@ -20,10 +21,16 @@ from inference.scheduler import AsyncScheduler, FairScheduler, Ticket
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MODEL_DIR = ROOT / "var" / "test-cache" / "demo-llama"
+BENCH_MODEL_DIR = ROOT / "var" / "test-cache" / "bench-llama-135m"
 
 
 def demo_model() -> Path:
     return build_demo_model(MODEL_DIR)
+
+
+def bench_model() -> Path:
+    """The 135M-parameter random Llama (SmolLM-135M's shape); built on first use (about a minute)."""
+    return build_bench_model(BENCH_MODEL_DIR)
 
 
 def machine() -> str:
@@ -35,8 +42,8 @@ def machine() -> str:
     )
 
 
-async def make_engine(max_batch_size: int) -> TorchEngine:
-    engine = TorchEngine(model_path=demo_model(), max_batch_size=max_batch_size, max_tokens=1024)
+async def make_engine(max_batch_size: int, model_path: Path | None = None) -> TorchEngine:
+    engine = TorchEngine(model_path=model_path or demo_model(), max_batch_size=max_batch_size, max_tokens=1024)
     await engine.start()
     return engine
 

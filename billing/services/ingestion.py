@@ -1,35 +1,43 @@
 """Pulling every node's usage journal into the ledger.
 
-Per node: fetch a page after the stored cursor (outside any transaction), then in one
-transaction lock the cursor row, insert the page (duplicates ignored on `request_id`, the
+Per node: fetch a page after the stored cursor (outside any transaction; the next page is fetched
+and parsed in a background thread while this one is written), then in one transaction lock the
+cursor row, insert the page (duplicates ignored on `request_id`, the
 attempt's own id: unique per attempt, so only a record fetched twice is ever dropped), add the
 inserted rows to the rollups and move the cursor. A crash between fetch and commit leaves the
 cursor where it was; the next run fetches the same page and the unique request id drops repeats.
+Nodes are ingested concurrently (`BILLING_INGEST_CONCURRENCY`, one connection each); rollup rows
+are upserted in sorted order, so concurrent pages wait for each other but never deadlock.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
+from operator import attrgetter
 from typing import Any, Protocol
 
+import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
+from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from billing.models import IngestCursor, UsageRecord
 from billing.money import token_cost
-from billing.pricing import AppliedPrice, PriceBook
+from billing.pricing import AppliedPrice, PriceBookCache
 from billing.services.rollups import LEDGER_COLUMNS, rollups_add_ledger_rows, rollups_add_sql
-from tenants.models import Tenant
 from wire.client import usage_pull
-from wire.usage import JournalPage, JournalRecord
+from wire.usage import JournalPage, JournalRecord, RejectedRecord
 
 logger = logging.getLogger(__name__)
+records_log = logging.getLogger("billing.ingestion.records")
 
 _INT32_MAX = 2**31 - 1
 
@@ -59,7 +67,9 @@ class IngestResult:
         self.tenant_ids |= other.tenant_ids
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and one is built per
+# ingested record. Nothing changes an entry after it is made.
+@dataclass(slots=True)
 class LedgerEntry:
     """One new ledger row (`billing_usagerecord`); the field names are its columns."""
 
@@ -91,11 +101,12 @@ class LedgerEntry:
     engine_ms: float
 
     def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in LEDGER_ENTRY_COLUMNS)
+        return _entry_values(self)  # type: ignore[no-any-return]
 
 
 LEDGER_ENTRY_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
-_METADATA_AT = LEDGER_ENTRY_COLUMNS.index("metadata")
+# One C-level call per row instead of a generator of getattr calls (the COPY loop is hot).
+_entry_values = attrgetter(*LEDGER_ENTRY_COLUMNS)
 
 
 def _bounded(value: int, name: str, *, maximum: int = _INT32_MAX) -> int:
@@ -164,42 +175,27 @@ def usage_cost(prompt_tokens: int, completion_tokens: int, input_per_1m: Decimal
     return token_cost(prompt_tokens, input_per_1m) + token_cost(completion_tokens, output_per_1m)
 
 
-_PG_TYPES = {
-    "request_id": "varchar(128)",
-    "client_request_id": "varchar(128)",
-    "tenant_id": "bigint",
-    "key_id": "bigint",
-    "model_name": "varchar(200)",
-    "model_version": "varchar(200)",
-    "node_name": "varchar(200)",
-    "journal_seq": "bigint",
-    "prompt_tokens": "integer",
-    "completion_tokens": "integer",
-    "outcome": "varchar(16)",
-    "queue_ms": "integer",
-    "ttft_ms": "integer",
-    "duration_ms": "integer",
-    "started_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "price_id": "bigint",
-    "input_price_per_1m": "numeric(18, 6)",
-    "output_price_per_1m": "numeric(18, 6)",
-    "currency": "varchar(3)",
-    "cost": "numeric(28, 12)",
-    "ingested_at": "timestamptz",
-    "end_user": "varchar(256)",
-    "metadata": "jsonb",
-    "trace_id": "varchar(32)",
-    "engine_ms": "double precision",
-}
 _COLUMN_LIST = ", ".join(LEDGER_ENTRY_COLUMNS)
+# The ledger's model fields in LedgerEntry's order: the staging table's types and each value's
+# adaptation come from them, so a new column is a field of LedgerEntry and nothing more here.
+_MODEL_FIELDS = [{f.attname: f for f in UsageRecord._meta.concrete_fields}[name] for name in LEDGER_ENTRY_COLUMNS]
+_JSON_AT = tuple(i for i, f in enumerate(_MODEL_FIELDS) if isinstance(f, JSONField))
 _STAGE = "billing_ingest_stage"
-# Session-local staging table: COPY is the fastest way in, the insert below the one way out.
-_PG_STAGE_CREATE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
-    + ", ".join(f"{name} {_PG_TYPES[name]}" for name in LEDGER_ENTRY_COLUMNS)
-    + ") ON COMMIT DELETE ROWS"
-)
+
+
+def _json_dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+@cache
+def _pg_stage_create() -> str:
+    # Session-local staging table: COPY is the fastest way in, the insert below the one way out.
+    columns = ", ".join(
+        f"{name} {f.db_type(connection)}" for name, f in zip(LEDGER_ENTRY_COLUMNS, _MODEL_FIELDS, strict=True)
+    )
+    return f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({columns}) ON COMMIT DELETE ROWS"
+
+
 # One statement: insert new rows (repeats dropped on request_id) and add exactly those rows to the
 # rollups with the one rollup statement.
 _ROLL_UP_INSERTED, _ROLL_UP_PARAMS = rollups_add_sql("inserted")
@@ -233,11 +229,12 @@ def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
         # Safe to skip the WAL flush wait: the cursor moves in this same transaction, so a commit
         # lost in a database crash is simply fetched again from the node's journal.
         cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.execute(_PG_STAGE_CREATE)
+        cursor.execute(_pg_stage_create())
         with cursor.copy(f"COPY {_STAGE} ({_COLUMN_LIST}) FROM STDIN") as copy:
             for entry in entries:
-                row = list(entry.values())
-                row[_METADATA_AT] = Jsonb(row[_METADATA_AT])
+                row = entry.values()
+                if _JSON_AT:
+                    row = tuple(Jsonb(v, dumps=_json_dumps) if i in _JSON_AT else v for i, v in enumerate(row))
                 copy.write_row(row)
         cursor.execute(_PG_INSERT_AND_ROLL_UP, _ROLL_UP_PARAMS)
         counts = {int(tenant_id): int(n) for tenant_id, n in cursor.fetchall()}
@@ -246,7 +243,6 @@ def _insert_postgresql(entries: Iterable[LedgerEntry]) -> dict[int, int]:
     return counts
 
 
-_MODEL_FIELDS = [{f.attname: f for f in UsageRecord._meta.concrete_fields}[name] for name in LEDGER_ENTRY_COLUMNS]
 _ID_CHUNK = 500  # under SQLite's limit on query parameters
 
 
@@ -266,11 +262,14 @@ def _insert_generic(entries: Iterable[LedgerEntry]) -> dict[int, int]:
     return counts
 
 
-def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) -> InsertResult:
+def usage_records_insert(
+    records: Sequence[JournalRecord], *, node_name: str, prices: PriceBookCache | None = None
+) -> InsertResult:
     """Prices journal records, inserts the new ones into the ledger and adds them to the rollups.
 
     Runs inside the caller's transaction. Records that cannot be billed (out of the ledger's
     range, unknown tenant) are logged and skipped so one bad record never blocks a node's journal.
+    `prices` keeps the price book of earlier pages of the same run where it is still complete.
     """
     result = InsertResult()
     billable: dict[str, JournalRecord] = {}
@@ -285,13 +284,13 @@ def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) ->
     if not billable:
         return result
     tenant_ids = {record.tenant for record in billable.values()}
-    known = set(Tenant.objects.filter(id__in=tenant_ids).values_list("id", flat=True))
+    latest = max(_as_time(record.started_at) for record in billable.values())
+    book, known = (prices or PriceBookCache()).book_for(tenant_ids, latest)
     if known != tenant_ids:
         for request_id in [rid for rid, record in billable.items() if record.tenant not in known]:
             result.rejected += 1
             logger.error("usage record %s from node %s names an unknown tenant", request_id, node_name)
             del billable[request_id]
-    book = PriceBook(known)
     now = timezone.now()
     entries = [
         _ledger_entry(
@@ -300,6 +299,21 @@ def usage_records_insert(records: Sequence[JournalRecord], *, node_name: str) ->
         for record in billable.values()
     ]
     counts = _insert_postgresql(entries) if connection.vendor == "postgresql" else _insert_generic(entries)
+    for record in billable.values():
+        # Links the request (its id, its trace) to its ledger row in the logs.
+        records_log.info(
+            "usage record ingested",
+            extra={
+                "request_id": record.client_request_id,
+                "attempt_id": record.request_id,
+                "trace_id": record.trace_id,
+                "tenant": record.tenant,
+                "key_id": record.key,
+                "model": record.model,
+                "node": node_name,
+                "outcome": record.outcome,
+            },
+        )
     result.inserted = sum(counts.values())
     result.tenant_ids = set(counts)
     return result
@@ -309,40 +323,68 @@ def _node_secret() -> str:
     return str(settings.INFERENCE_SHARED_SECRET).split(",")[0].strip()
 
 
+_Fetched = tuple[JournalPage, list[RejectedRecord]]
+
+
+def _page_fetch(base_url: str, *, after: int, limit: int) -> _Fetched:
+    """One page, fetched and parsed; no database (runs in the prefetch thread)."""
+    return JournalPage.parse(usage_pull(base_url, _node_secret(), after=after, limit=limit))
+
+
 def usage_ingest_node(node: NodeLike, *, page_size: int | None = None, max_pages: int | None = None) -> IngestResult:
-    """Ingests one node's journal from its cursor to the end (or `max_pages` pages)."""
+    """Ingests one node's journal from its cursor to the end (or `max_pages` pages).
+
+    The page after the current one is fetched and parsed in a second thread while the current
+    one is written, so the node's HTTP and JSON time overlaps the database's.
+    """
     name = node.name
     page_size = page_size or settings.BILLING_INGEST_PAGE_SIZE
     result = IngestResult(nodes=1)
     cursor_row, _ = IngestCursor.objects.get_or_create(node_name=name)
     after = cursor_row.after_seq
-    while max_pages is None or result.pages < max_pages:
-        page, malformed = JournalPage.parse(usage_pull(node.base_url, _node_secret(), after=after, limit=page_size))
-        for bad in malformed:
-            logger.error("usage record rejected from node %s: %s (%r)", name, bad.reason, bad.request_id)
-        records = page.records
-        next_after = page.next_after
-        with transaction.atomic():
-            locked = IngestCursor.objects.select_for_update().get(node_name=name)
-            if locked.after_seq != after:
-                # Another ingester moved this node on while we fetched: continue from there.
-                after = locked.after_seq
-                continue
-            batch = usage_records_insert(records, node_name=name)
-            IngestCursor.objects.filter(pk=locked.pk).update(
-                after_seq=max(next_after, after),
-                records_total=locked.records_total + batch.inserted,
-                updated_at=timezone.now(),
-                last_error="",
-            )
-        result.pages += 1
-        result.fetched += len(records) + len(malformed)
-        result.inserted += batch.inserted
-        result.rejected += batch.rejected + len(malformed)
-        result.tenant_ids |= batch.tenant_ids
-        after = max(next_after, after)
-        if not page.has_more or not (records or malformed):
-            break
+    prices = PriceBookCache()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-fetch-{name}") as fetcher:
+
+        def fetch(start: int) -> Future[_Fetched]:
+            return fetcher.submit(_page_fetch, node.base_url, after=start, limit=page_size)
+
+        pending: Future[_Fetched] | None = fetch(after)
+        while pending is not None and (max_pages is None or result.pages < max_pages):
+            page, malformed = pending.result()
+            pending = None
+            for bad in malformed:
+                logger.error("usage record rejected from node %s: %s (%r)", name, bad.reason, bad.request_id)
+            records = page.records
+            next_after = max(page.next_after, after)
+            last = not page.has_more or not (records or malformed)
+            if not last and (max_pages is None or result.pages + 1 < max_pages):
+                pending = fetch(next_after)
+            with transaction.atomic():
+                locked = IngestCursor.objects.select_for_update().get(node_name=name)
+                if locked.after_seq != after:
+                    # Another ingester moved this node on while we fetched: continue from there.
+                    after = locked.after_seq
+                    if pending is not None:
+                        pending.cancel()
+                    pending = fetch(after)
+                    continue
+                batch = usage_records_insert(records, node_name=name, prices=prices)
+                IngestCursor.objects.filter(pk=locked.pk).update(
+                    after_seq=next_after,
+                    records_total=locked.records_total + batch.inserted,
+                    updated_at=timezone.now(),
+                    last_error="",
+                )
+            result.pages += 1
+            result.fetched += len(records) + len(malformed)
+            result.inserted += batch.inserted
+            result.rejected += batch.rejected + len(malformed)
+            result.tenant_ids |= batch.tenant_ids
+            after = next_after
+            if last:
+                break
+        if pending is not None:
+            pending.cancel()
     return result
 
 
@@ -352,6 +394,22 @@ def _nodes() -> Iterable[NodeLike]:
     return list(node_list())
 
 
+def _ingest_or_record(node: NodeLike) -> IngestResult:
+    try:
+        return usage_ingest_node(node)
+    except Exception as exc:  # a down node must not stop the others
+        logger.warning("usage ingestion from node %s failed: %s", node.name, exc)
+        IngestCursor.objects.filter(node_name=node.name).update(last_error=str(exc)[:2000])
+        return IngestResult(errors={node.name: str(exc)[:500]})
+
+
+def _ingest_in_thread(node: NodeLike) -> IngestResult:
+    try:
+        return _ingest_or_record(node)
+    finally:
+        connections.close_all()  # this thread's own connection
+
+
 def usage_ingest_all(*, nodes: Iterable[NodeLike] | None = None, feed: bool = True) -> IngestResult:
     """Ingests every registered node; a node that cannot be reached is recorded and skipped.
 
@@ -359,13 +417,16 @@ def usage_ingest_all(*, nodes: Iterable[NodeLike] | None = None, feed: bool = Tr
     quota counters and usage alerts are checked.
     """
     total = IngestResult()
-    for node in nodes if nodes is not None else _nodes():
-        try:
-            total.merge(usage_ingest_node(node))
-        except Exception as exc:  # a down node must not stop the others
-            logger.warning("usage ingestion from node %s failed: %s", node.name, exc)
-            total.errors[node.name] = str(exc)[:500]
-            IngestCursor.objects.filter(node_name=node.name).update(last_error=str(exc)[:2000])
+    todo = list(nodes if nodes is not None else _nodes())
+    workers = min(len(todo), max(1, settings.BILLING_INGEST_CONCURRENCY))
+    # Inside a caller's transaction other connections could not see its rows: one at a time then.
+    if workers <= 1 or connection.in_atomic_block or connection.vendor != "postgresql":
+        for node in todo:
+            total.merge(_ingest_or_record(node))
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-node") as pool:
+            for outcome in pool.map(_ingest_in_thread, todo):
+                total.merge(outcome)
     if feed and total.tenant_ids:
         from billing.services.alerts import usage_alerts_check
         from billing.services.spend import spend_feed_push

@@ -1,22 +1,19 @@
 """Issuing invoices from the ledger: one per tenant per closed period, numbered without gaps.
 
-Lines: one per model, version, token kind and price (a price change mid-period splits a
-model's usage into lines), the plan's base fee, and the included allowance as a discount.
-Each line is rounded half-up to the currency's minor unit; totals are sums of rounded lines.
+The lines' arithmetic is in `invoice_lines`, the batched run over every tenant in
+`billing_runs`; here: the run's entry point and record, an invoice's states, credit notes.
 An issued invoice never changes; corrections are credit notes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Max, Min, Q, Sum
+from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import (
@@ -28,180 +25,35 @@ from billing.models import (
     InvoiceSequence,
     InvoiceStatus,
     LineType,
-    Plan,
-    Subscription,
-    TokenKind,
-    UsageRecord,
 )
-from billing.money import from_minor, period_label, period_parse, to_minor, token_cost
+from billing.money import from_minor, period_label, period_parse, to_minor
+from billing.services.billing_runs import (
+    BillingRunObserver,
+    BillingRunResult,
+    billing_run_batches,
+    billing_run_tenant,
+    invoice_stripe_enqueue,
+)
+from billing.services.invoice_lines import LineDraft, UsageGroup, invoice_lines_compute
 from core.audit import SYSTEM, Actor
 from core.errors import Conflict, ValidationFailed
 from tenants.audit import audit_record
-from tenants.models import Tenant
+
+__all__ = [
+    "BillingRunResult",
+    "LineDraft",
+    "UsageGroup",
+    "billing_run",
+    "credit_note_create",
+    "invoice_finalize",
+    "invoice_lines_compute",
+    "invoice_mark_paid",
+    "invoice_mark_uncollectible",
+    "invoice_payment_failed",
+    "invoice_void",
+]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageGroup:
-    """Ledger sums of one tenant for one model, version and price within a period."""
-
-    model_name: str
-    model_version: str
-    price_id: int | None
-    input_per_1m: Decimal
-    output_per_1m: Decimal
-    prompt_tokens: int
-    completion_tokens: int
-    first_at: datetime
-    last_at: datetime
-
-
-@dataclass(slots=True)
-class LineDraft:
-    line_type: str
-    description: str
-    amount_exact: Decimal
-    amount_minor: int
-    model_name: str = ""
-    model_version: str = ""
-    token_kind: str = ""
-    units: int = 1
-    unit_price_per_1m: Decimal | None = None
-    usage_start: datetime | None = None
-    usage_end: datetime | None = None
-
-
-@dataclass(slots=True)
-class BillingRunResult:
-    period: str
-    created: list[str] = field(default_factory=list)  # invoice numbers issued now
-    skipped: int = 0  # tenants already invoiced for the period
-
-
-def invoice_lines_compute(
-    *, groups: list[UsageGroup], currency: str, base_fee: Decimal, included_tokens: int, plan_name: str = ""
-) -> list[LineDraft]:
-    """The lines of an invoice: pure arithmetic, no database (tests drive it directly)."""
-    usage: list[LineDraft] = []
-    ordered = sorted(groups, key=lambda g: (g.model_name, g.model_version, g.first_at, g.price_id or 0))
-    for group in ordered:
-        for kind, tokens, price in (
-            (TokenKind.INPUT.value, group.prompt_tokens, group.input_per_1m),
-            (TokenKind.OUTPUT.value, group.completion_tokens, group.output_per_1m),
-        ):
-            if tokens <= 0:
-                continue
-            exact = token_cost(tokens, price)
-            usage.append(
-                LineDraft(
-                    line_type=LineType.USAGE.value,
-                    description=f"{group.model_name} {kind} tokens",
-                    model_name=group.model_name,
-                    model_version=group.model_version,
-                    token_kind=kind,
-                    units=tokens,
-                    unit_price_per_1m=price,
-                    usage_start=group.first_at,
-                    usage_end=group.last_at,
-                    amount_exact=exact,
-                    amount_minor=to_minor(exact, currency),
-                )
-            )
-    lines: list[LineDraft] = []
-    if base_fee > 0:
-        lines.append(
-            LineDraft(
-                line_type=LineType.BASE_FEE.value,
-                description=f"{plan_name} monthly base fee".strip(),
-                amount_exact=base_fee,
-                amount_minor=to_minor(base_fee, currency),
-            )
-        )
-    lines.extend(usage)
-    if included_tokens > 0 and usage:
-        # The allowance covers usage lines in line order, at each line's own price.
-        remaining = included_tokens
-        covered_tokens = 0
-        value = Decimal(0)
-        for line in usage:
-            if remaining <= 0:
-                break
-            take = min(remaining, line.units)
-            remaining -= take
-            covered_tokens += take
-            value += token_cost(take, line.unit_price_per_1m or Decimal(0))
-        usage_minor = sum(line.amount_minor for line in usage)
-        discount_minor = min(to_minor(value, currency), usage_minor)
-        if discount_minor > 0:
-            lines.append(
-                LineDraft(
-                    line_type=LineType.DISCOUNT.value,
-                    description=f"Included allowance: {covered_tokens:,} of {included_tokens:,} tokens",
-                    units=covered_tokens,
-                    amount_exact=-value,
-                    amount_minor=-discount_minor,
-                )
-            )
-    return lines
-
-
-def _totals(lines: list[LineDraft]) -> dict[str, int]:
-    subtotal = sum(line.amount_minor for line in lines if line.amount_minor > 0)
-    discount = -sum(line.amount_minor for line in lines if line.amount_minor < 0)
-    tax = 0
-    return {
-        "subtotal_minor": subtotal,
-        "discount_minor": discount,
-        "tax_minor": tax,
-        "total_minor": subtotal - discount + tax,
-    }
-
-
-def _usage_groups(*, start: datetime, end: datetime, tenant_id: int | None = None) -> dict[int, list[UsageGroup]]:
-    """One aggregate query over the period's ledger rows, grouped per tenant and price."""
-    rows = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
-    if tenant_id is not None:
-        rows = rows.filter(tenant_id=tenant_id)
-    grouped = (
-        rows.values("tenant_id", "model_name", "model_version", "price_id", "input_price_per_1m", "output_price_per_1m")
-        .annotate(
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            first=Min("started_at"),
-            last=Max("started_at"),
-        )
-        .order_by()
-    )
-    result: dict[int, list[UsageGroup]] = defaultdict(list)
-    for row in grouped.iterator(chunk_size=10_000):
-        result[row["tenant_id"]].append(
-            UsageGroup(
-                model_name=row["model_name"],
-                model_version=row["model_version"],
-                price_id=row["price_id"],
-                input_per_1m=row["input_price_per_1m"],
-                output_per_1m=row["output_price_per_1m"],
-                prompt_tokens=int(row["prompt"] or 0),
-                completion_tokens=int(row["completion"] or 0),
-                first_at=row["first"],
-                last_at=row["last"],
-            )
-        )
-    return result
-
-
-def _plans_for_period(*, start: datetime, end: datetime) -> dict[int, Plan]:
-    """Each tenant's plan for the period: the latest subscription that overlaps it."""
-    plans: dict[int, Plan] = {}
-    for sub in (
-        Subscription.objects.filter(starts_at__lt=end)
-        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=start))
-        .select_related("plan")
-        .order_by("tenant_id", "starts_at")
-    ):
-        plans[sub.tenant_id] = sub.plan
-    return plans
 
 
 def _number_take(prefix: str, year: int) -> str:
@@ -211,14 +63,6 @@ def _number_take(prefix: str, year: int) -> str:
     seq.last_value += 1
     seq.save(update_fields=["last_value"])
     return f"{prefix}-{year}-{seq.last_value:06d}"
-
-
-def _enqueue_stripe(invoice: Invoice) -> None:
-    # Credit notes are settled by staff (Stripe credit notes are not wired up).
-    if settings.STRIPE_ENABLED and settings.STRIPE_API_KEY and invoice.kind == InvoiceKind.INVOICE:
-        from billing.tasks import invoice_stripe_push_task
-
-        transaction.on_commit(lambda: invoice_stripe_push_task.delay(invoice.pk))
 
 
 def invoice_finalize(*, invoice: Invoice, actor: Actor = SYSTEM, now: datetime | None = None) -> Invoice:
@@ -244,49 +88,25 @@ def invoice_finalize(*, invoice: Invoice, actor: Actor = SYSTEM, now: datetime |
             target_id=locked.pk,
             after={"number": locked.number, "total_minor": locked.total_minor, "currency": locked.currency},
         )
-        _enqueue_stripe(locked)
+        invoice_stripe_enqueue(locked)
     return locked
 
 
-def _invoice_create(
-    *, tenant_id: int, start: datetime, end: datetime, plan: Plan | None, groups: list[UsageGroup], actor: Actor
-) -> Invoice:
-    currency = plan.currency if plan is not None else settings.BILLING_DEFAULT_CURRENCY
-    lines = invoice_lines_compute(
-        groups=groups,
-        currency=currency,
-        base_fee=plan.base_fee if plan is not None else Decimal(0),
-        included_tokens=plan.included_tokens if plan is not None else 0,
-        plan_name=plan.name if plan is not None else "",
-    )
-    invoice = Invoice.objects.create(
-        tenant_id=tenant_id, plan=plan, currency=currency, period_start=start, period_end=end, **_totals(lines)
-    )
-    InvoiceLine.objects.bulk_create(
-        [
-            InvoiceLine(
-                invoice=invoice,
-                position=index,
-                line_type=line.line_type,
-                description=line.description,
-                model_name=line.model_name,
-                model_version=line.model_version,
-                token_kind=line.token_kind,
-                units=line.units,
-                unit_price_per_1m=line.unit_price_per_1m,
-                usage_start=line.usage_start,
-                usage_end=line.usage_end,
-                amount_exact=line.amount_exact,
-                amount_minor=line.amount_minor,
-            )
-            for index, line in enumerate(lines, start=1)
-        ]
-    )
-    return invoice
+def billing_run(
+    *,
+    period: str,
+    actor: Actor = SYSTEM,
+    now: datetime | None = None,
+    tenant_slug: str | None = None,
+    dry_run: bool = False,
+    observer: BillingRunObserver | None = None,
+) -> BillingRunResult:
+    """Issues the invoices of a closed period; tenants already invoiced are left alone (idempotent).
 
-
-def billing_run(*, period: str, actor: Actor = SYSTEM, now: datetime | None = None) -> BillingRunResult:
-    """Issues the invoices of a closed period; tenants already invoiced are left alone (idempotent)."""
+    One tenant's failure does not stop the others: it is in `result.failed`, the run is recorded
+    as partial, and the next run tries that tenant again. `dry_run` computes every invoice and
+    writes nothing (not even the run's record). `tenant_slug` bills that one tenant.
+    """
     start, end = period_parse(period)
     moment = now or timezone.now()
     if end > moment:
@@ -295,9 +115,16 @@ def billing_run(*, period: str, actor: Actor = SYSTEM, now: datetime | None = No
             param="period",
             code="period_open",
         )
+    tenant_id = billing_run_tenant(tenant_slug) if tenant_slug is not None else None
+    if dry_run:
+        return billing_run_batches(
+            start=start, end=end, moment=moment, actor=actor, tenant_id=tenant_id, dry_run=True, observer=observer
+        )
     started = timezone.now()
     try:
-        result = _billing_run_issue(start=start, end=end, moment=moment, actor=actor)
+        result = _billing_run_issue(
+            start=start, end=end, moment=moment, actor=actor, tenant_id=tenant_id, observer=observer
+        )
     except Exception as exc:
         BillingRun.objects.create(
             period=period_label(start),
@@ -311,41 +138,34 @@ def billing_run(*, period: str, actor: Actor = SYSTEM, now: datetime | None = No
         period=result.period,
         started_at=started,
         finished_at=timezone.now(),
-        outcome=BillingRunOutcome.SUCCESS,
+        outcome=BillingRunOutcome.PARTIAL if result.failed else BillingRunOutcome.SUCCESS,
         issued=len(result.created),
         skipped=result.skipped,
+        failed=len(result.failed),
+        error="; ".join(f"{f.slug}: {f.error}" for f in result.failed)[:2000],
     )
     return result
 
 
-def _billing_run_issue(*, start: datetime, end: datetime, moment: datetime, actor: Actor) -> BillingRunResult:
-    result = BillingRunResult(period=period_label(start))
-    done = set(Invoice.objects.filter(kind=InvoiceKind.INVOICE, period_start=start).values_list("tenant_id", flat=True))
-    plans = _plans_for_period(start=start, end=end)
-    groups = _usage_groups(start=start, end=end)
-    tenant_ids = sorted(set(plans) | set(groups))
-    existing = set(Tenant.objects.filter(id__in=tenant_ids).values_list("id", flat=True))
-    for tenant_id in tenant_ids:
-        if tenant_id in done or tenant_id not in existing:
-            result.skipped += tenant_id in done
-            continue
-        try:
-            with transaction.atomic():
-                invoice = _invoice_create(
-                    tenant_id=tenant_id,
-                    start=start,
-                    end=end,
-                    plan=plans.get(tenant_id),
-                    groups=groups.get(tenant_id, []),
-                    actor=actor,
-                )
-                invoice = invoice_finalize(invoice=invoice, actor=actor, now=moment)
-        except IntegrityError:
-            # Another run invoiced this tenant in the meantime.
-            result.skipped += 1
-            continue
-        result.created.append(invoice.number or "")
-    logger.info("billing run %s: %d issued, %d already invoiced", result.period, len(result.created), result.skipped)
+def _billing_run_issue(
+    *,
+    start: datetime,
+    end: datetime,
+    moment: datetime,
+    actor: Actor,
+    tenant_id: int | None = None,
+    observer: BillingRunObserver | None = None,
+) -> BillingRunResult:
+    result = billing_run_batches(
+        start=start, end=end, moment=moment, actor=actor, tenant_id=tenant_id, observer=observer
+    )
+    logger.info(
+        "billing run %s: %d issued, %d already invoiced, %d failed",
+        result.period,
+        len(result.created),
+        result.skipped,
+        len(result.failed),
+    )
     return result
 
 

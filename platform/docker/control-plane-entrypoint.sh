@@ -21,19 +21,22 @@ fi
 
 case "$role" in
     web)
+        # --log-config: the supervisor's own lines take MMORCH_LOG_FORMAT too (workers load Django's).
         # X-Forwarded-For is client-controlled: uvicorn takes the client address from it only when
         # the hop that sent it is one of the proxies the audit log trusts too (MMORCH_TRUSTED_PROXIES).
         exec uvicorn config.asgi:application --host 0.0.0.0 --port 8000 \
             --http httptools --loop uvloop \
             --proxy-headers --forwarded-allow-ips "${MMORCH_TRUSTED_PROXIES:-127.0.0.1}" \
-            --timeout-graceful-shutdown 30 "$@"
+            --timeout-graceful-shutdown 30 \
+            --log-config config/uvicorn-logging.json "$@"
         ;;
     worker)
-        exec celery -A config worker --loglevel INFO "$@"
+        # --quiet: no start-up banner, so every line is a log line (MMORCH_LOG_FORMAT).
+        exec celery -A config --quiet worker --loglevel INFO "$@"
         ;;
     beat)
         # The schedule file lives on writable scratch space; the schedule itself is in settings.
-        exec celery -A config beat --loglevel INFO --schedule /tmp/celerybeat-schedule "$@"
+        exec celery -A config --quiet beat --loglevel INFO --schedule /tmp/celerybeat-schedule "$@"
         ;;
     migrate)
         exec python manage.py migrate --noinput "$@"

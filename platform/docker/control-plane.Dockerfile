@@ -48,7 +48,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     DJANGO_SETTINGS_MODULE=config.settings \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    MMORCH_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 mmorch \
     && useradd --system --uid 10001 --gid mmorch --home-dir /app --no-create-home --shell /usr/sbin/nologin mmorch
 COPY --from=deps /opt/venv /opt/venv

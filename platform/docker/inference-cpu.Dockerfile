@@ -28,7 +28,8 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     HOME=/var/lib/mmorch \
     INFERENCE_HOST=0.0.0.0 \
-    INFERENCE_JOURNAL_PATH=/var/lib/mmorch/journal/journal.sqlite3
+    INFERENCE_JOURNAL_PATH=/var/lib/mmorch/journal/journal.sqlite3 \
+    MMORCH_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 mmorch \
     && useradd --system --uid 10001 --gid mmorch --home-dir /var/lib/mmorch --shell /usr/sbin/nologin mmorch \
     && install -d -o mmorch -g mmorch -m 0750 /var/lib/mmorch /var/lib/mmorch/journal /var/lib/mmorch/models

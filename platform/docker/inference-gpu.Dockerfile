@@ -29,7 +29,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     HOME=/var/lib/mmorch \
     INFERENCE_HOST=0.0.0.0 \
-    INFERENCE_JOURNAL_PATH=/var/lib/mmorch/journal/journal.sqlite3
+    INFERENCE_JOURNAL_PATH=/var/lib/mmorch/journal/journal.sqlite3 \
+    MMORCH_LOG_FORMAT=json
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* \

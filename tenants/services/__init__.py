@@ -30,6 +30,7 @@ from tenants.keyauth import (
     key_mark_used,
     key_mark_used_due,
 )
+from tenants.keyuse import key_marks_flush, key_marks_push
 from tenants.services._validation import UNSET
 from tenants.services.invitation import (
     DEFAULT_INVITATION_TTL,
@@ -82,6 +83,8 @@ __all__ = [
     "key_create",
     "key_mark_used",
     "key_mark_used_due",
+    "key_marks_flush",
+    "key_marks_push",
     "key_revoke",
     "key_rotate",
     "key_update",

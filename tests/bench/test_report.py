@@ -28,8 +28,14 @@ KEY_AUTH = {
 }
 INFERENCE = {
     "batching": {
-        "1": {"continuous": 500.0, "one_at_a_time": 480.0, "static": 510.0},
-        "16": {"continuous": 16000.0, "one_at_a_time": 2000.0, "static": 17600.0},
+        "demo": {
+            "1": {"continuous": 500.0, "one_at_a_time": 480.0, "static": 510.0},
+            "16": {"continuous": 16000.0, "one_at_a_time": 2000.0, "static": 17600.0},
+        },
+        "llama-135m": {
+            "1": {"continuous": 6.8, "one_at_a_time": 6.5, "static": 8.0},
+            "16": {"continuous": 29.7, "one_at_a_time": 7.0, "static": 36.7},
+        },
     },
     "noisy_neighbour": {
         "B alone": {"ttft_p50": 3.0, "ttft_p95": 3.5, "e2e_p50": 20.0, "e2e_p95": 25.0},
@@ -57,11 +63,22 @@ GATEWAY = {
     ]
 }
 LEDGER = {
-    "ingestion": {"end_to_end_events_per_s": 13201.0, "db_only_events_per_s": 20000.0, "rounds": [10535.0, 13201.0]},
-    "billing": {"tenants": 1000, "ledger_rows": 1000000, "billing_run_s": 7.75, "rerun_s": 0.95, "peak_rss_mib": 89.5},
+    "ingestion": [
+        {"nodes": 1, "end_to_end_events_per_s": 13201.0, "db_only_events_per_s": 20000.0, "rounds": [10535.0, 13201.0]},
+        {"nodes": 4, "end_to_end_events_per_s": 9000.0, "db_only_events_per_s": 15000.0, "rounds": [9000.0]},
+    ]
+}
+BILLING = {
+    "billing": {"tenants": 1000, "ledger_rows": 1000000, "billing_run_s": 7.75, "rerun_s": 0.95, "peak_rss_mib": 89.5}
 }
 WRITES_LEDGER = f"import json, sys\nopen(sys.argv[-1], 'w').write(json.dumps({json.dumps(LEDGER)}))\n"
-CANNED = {"key_auth": KEY_AUTH, "inference": INFERENCE, "gateway_overhead": GATEWAY, "ledger": LEDGER}
+CANNED = {
+    "key_auth": KEY_AUTH,
+    "inference": INFERENCE,
+    "gateway_overhead": GATEWAY,
+    "ledger": LEDGER,
+    "billing": BILLING,
+}
 
 
 def test_every_registered_benchmark_reads_its_json_into_figures() -> None:
@@ -70,10 +87,12 @@ def test_every_registered_benchmark_reads_its_json_into_figures() -> None:
     key_auth = figures["key_auth"][0]
     assert (key_auth.value, key_auth.unit, key_auth.met) == (0.9, "µs", True)
     assert key_auth.peer == "in-process version: 0.8 µs"
-    batching, noisy, shares, embed_64, embed_callers = figures["inference"]
+    batching, noisy, shares, big, embed_64, embed_callers = figures["inference"]
     assert embed_64.value == 55.0 and embed_64.met and "(1.02x)" in embed_64.peer
     assert embed_callers.met is False and "(2.97x)" in embed_callers.peer and "1 forward passes" in embed_callers.peer
     assert batching.name == "continuous batching, 16 concurrent" and batching.met  # 8x and 0.91x
+    assert big.name == "continuous batching, llama-135m, 16 concurrent" and big.value == 29.7 and big.met is None
+    assert "(4.24x)" in big.peer and "(0.81x)" in big.peer
     assert "(8.00x)" in batching.peer and "(0.91x)" in batching.peer
     assert noisy.value == 8.3 and noisy.met and noisy.target_line == pytest.approx(10.5)
     assert shares.value == pytest.approx(0.4) and shares.met  # w1: |0.166 - 1/6| / (1/6)
@@ -81,8 +100,11 @@ def test_every_registered_benchmark_reads_its_json_into_figures() -> None:
     assert added.value == pytest.approx(1.95) and added.met  # 2.45 - 0.5 ms; p99 6.2 ms
     assert throughput.value == 554.0 and throughput.met is False  # under 1,000 req/s
     assert "(4.04x)" in throughput.peer
-    ingestion, billing = figures["ledger"]
-    assert ingestion.met and billing.met is None and billing.target == ""
+    one_node, four_nodes = figures["ledger"]
+    assert one_node.met and one_node.name.endswith("1 node(s) at once")
+    assert four_nodes.met is False and four_nodes.value == 9000.0
+    (billing,) = figures["billing"]
+    assert billing.met is None and billing.target == "" and billing.value == 7.75
 
 
 def _runs() -> list[Run]:

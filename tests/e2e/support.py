@@ -8,6 +8,10 @@
             cp.base_url        # "http://127.0.0.1:<port>"
             cp.api_base        # cp.base_url + "/v1", for the openai client
             cp.log()           # the server's output so far
+            cp.lines()         # all of it, line by line
+
+`args` go to uvicorn after ours (e.g. "--access-log", "--log-level", "info"). Every server's whole
+output is kept in `LOGS` (name, text) when it stops: the suite scans it for secrets at the end.
 
 The server uses the pytest-django test database (settings.DATABASES["default"]["NAME"]) and
 REDIS_URL from the environment. Extra `env` values override. It is stopped on exit.
@@ -22,12 +26,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOGS: list[tuple[str, str]] = []
 
 
 def free_port() -> int:
@@ -65,6 +70,12 @@ class ControlPlane:
         except OSError:
             return ""
 
+    def lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -97,6 +108,7 @@ def control_plane(
     env: Mapping[str, str] | None = None,
     app: str = "gateway.asgi:application",
     ready_timeout: float = 60.0,
+    args: Sequence[str] = (),
 ) -> Iterator[ControlPlane]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="control-plane-") as tmp:
@@ -118,7 +130,7 @@ def control_plane(
         cmd = [
             sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--http", "httptools", "--loop", "uvloop", "--no-access-log",
-            "--log-level", "warning",
+            "--log-level", "warning", *args,
         ]  # fmt: skip
         with open(log_path, "wb") as out:
             process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env, stdout=out, stderr=subprocess.STDOUT)
@@ -128,3 +140,4 @@ def control_plane(
             yield cp
         finally:
             cp.stop()
+            LOGS.append((f"control plane :{port}", "\n".join(cp.lines())))

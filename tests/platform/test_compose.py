@@ -74,6 +74,7 @@ def test_the_schema_is_strict_enough_to_catch_mistakes() -> None:
 def test_every_service_the_platform_needs_is_there() -> None:
     assert set(_services()) == {
         "postgres",
+        "pgbouncer",
         "redis",
         "migrate",
         "web",
@@ -82,6 +83,7 @@ def test_every_service_the_platform_needs_is_there() -> None:
         "inference",
         "prometheus",
         "grafana",
+        "otel-collector",
         "demo-seed",
     }
     assert _services()["migrate"]["command"] == ["migrate"]
@@ -135,9 +137,10 @@ def test_start_order_waits_on_health() -> None:
 
 
 def test_long_running_services_have_health_checks() -> None:
-    # beat serves nothing to probe: the container ends with the process and restarts.
+    # beat serves nothing to probe: the container ends with the process and restarts. The
+    # collector's image has nothing to probe with, and nothing waits on it.
     unprobed = {name for name, s in _services().items() if s.get("healthcheck", {}).get("disable")}
-    assert unprobed == ONE_SHOT | {"beat"}
+    assert unprobed == ONE_SHOT | {"beat", "otel-collector"}
     for name, service in _services().items():
         if name not in unprobed:
             assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
@@ -163,7 +166,27 @@ def test_interpolation_fails_without_secrets_and_succeeds_with_them() -> None:
         helpers.interpolate(web_env["DJANGO_SECRET_KEY"], {})
     filled = {name: "x" * 40 for name in SECRET_NAMES}
     url = helpers.interpolate(web_env["DATABASE_URL"], filled)
+    assert url == f"postgres://mmorch:{'x' * 40}@pgbouncer:6432/mmorch"
+    url = helpers.interpolate(_services()["migrate"]["environment"]["DATABASE_URL"], filled)
     assert url == f"postgres://mmorch:{'x' * 40}@postgres:5432/mmorch"
+
+
+def test_long_running_services_reach_postgres_through_pgbouncer_in_transaction_mode() -> None:
+    services = _services()
+    bouncer = services["pgbouncer"]
+    assert bouncer["environment"]["POOL_MODE"] == "transaction"
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ":latest" not in bouncer["image"] and ":" in bouncer["image"]
+    port = bouncer["environment"]["LISTEN_PORT"]
+    for name in ("web", "worker", "beat"):
+        env = services[name]["environment"]
+        assert f"@pgbouncer:{port}/" in env["DATABASE_URL"], name
+        # What transaction pooling needs: no server-side cursors, no second pool in Django.
+        assert env["DATABASE_PGBOUNCER"] == "true", name
+        assert "DATABASE_POOL" not in env, name
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy", name
+    # Migrations hold session-level locks: they talk to PostgreSQL itself.
+    assert "@postgres:5432/" in services["migrate"]["environment"]["DATABASE_URL"]
 
 
 def test_files_the_compose_file_refers_to_exist() -> None:
@@ -206,3 +229,20 @@ def test_prometheus_and_grafana_are_provisioned_from_the_repository() -> None:
     targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert {"web:8000", "inference:8100"} <= targets
     assert "web" in _services()["web"]["environment"]["DJANGO_ALLOWED_HOSTS"], "Prometheus sends Host: web"
+
+
+def test_every_process_logs_json_and_sends_spans_to_the_collector() -> None:
+    services = _services()
+    collector = services["otel-collector"]
+    assert collector["image"].startswith("otel/opentelemetry-collector-contrib:")
+    assert collector["image"].split(":")[1][0].isdigit(), "a pinned collector version"
+    mounts = dict(v.split(":")[:2][::-1] for v in collector["volumes"])
+    config_file = mounts["/etc/otelcol/config.yaml"]
+    assert collector["command"] == ["--config=/etc/otelcol/config.yaml"]
+    config = helpers.yaml.safe_load((ROOT / config_file).read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    assert config["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    for name in (*helpers.CONTROL_PLANE_SERVICES, *helpers.INFERENCE_SERVICES):
+        env = services[name]["environment"]
+        assert helpers.interpolate(env["MMORCH_LOG_FORMAT"], {}) == "json", name
+        assert helpers.interpolate(env["OTEL_EXPORTER_OTLP_ENDPOINT"], {}) == "http://otel-collector:4318", name

@@ -208,8 +208,8 @@ def test_entrypoint_script_is_valid_and_handles_every_role() -> None:
     text = script.read_text()
     for role, command in {
         "web": "uvicorn config.asgi:application",
-        "worker": "celery -A config worker",
-        "beat": "celery -A config beat",
+        "worker": "celery -A config --quiet worker",
+        "beat": "celery -A config --quiet beat",
         "migrate": "python manage.py migrate",
     }.items():
         assert re.search(rf"^\s*{role}\)\s*$", text, re.M), role
@@ -265,8 +265,8 @@ def test_entrypoint_web_trusts_forwarded_headers_only_from_the_trusted_proxies(
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("worker", "--concurrency", "2"), "celery -A config worker --loglevel INFO --concurrency 2"),
-        (("beat",), "celery -A config beat"),
+        (("worker", "--concurrency", "2"), "celery -A config --quiet worker --loglevel INFO --concurrency 2"),
+        (("beat",), "celery -A config --quiet beat"),
         (("migrate",), "python manage.py migrate --noinput"),
         (("ingest_usage",), "python manage.py ingest_usage"),
     ],

@@ -11,11 +11,14 @@ import pytest
 import yaml
 
 from tests.platform import helpers, kustomize
-from tests.platform.helpers import K8S, OVERLAYS, find, rendered
+from tests.platform.helpers import K8S, OVERLAYS, ROOT, find, rendered
 
 # The oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30) and the newest
 # schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+# Images the platform runs as they are published (pinned like ours).
+THIRD_PARTY_IMAGES = {"edoburu/pgbouncer", "otel/opentelemetry-collector-contrib"}
+PGBOUNCER_SECRET_TEMPLATE = K8S / "base" / "pgbouncer-secret.example.yaml"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet"}
 
 
@@ -84,6 +87,8 @@ def test_platform_objects_are_all_there(overlay: str) -> None:
         ("Deployment", "mmorch-worker"),
         ("Deployment", "mmorch-beat"),
         ("Job", "mmorch-migrate"),
+        ("Deployment", "mmorch-pgbouncer"),
+        ("Service", "mmorch-pgbouncer"),
         ("StatefulSet", "mmorch-inference"),
         ("Service", "mmorch-inference"),
         ("Ingress", "mmorch"),
@@ -127,6 +132,7 @@ def test_selectors_and_references_resolve(overlay: str) -> None:
     configmaps = {m["metadata"]["name"] for m in manifests if m["kind"] == "ConfigMap"}
     claims = {m["metadata"]["name"] for m in manifests if m["kind"] == "PersistentVolumeClaim"}
     secret_name = yaml.safe_load(helpers.SECRET_TEMPLATE.read_text())["metadata"]["name"]
+    bouncer_secret = yaml.safe_load(PGBOUNCER_SECRET_TEMPLATE.read_text())["metadata"]["name"]
     for workload in _workloads(manifests):
         pod = _pod_spec(workload)
         volumes = {v["name"] for v in pod.get("volumes", [])}
@@ -141,7 +147,8 @@ def test_selectors_and_references_resolve(overlay: str) -> None:
                 if "configMapRef" in source:
                     assert source["configMapRef"]["name"] in configmaps
                 if "secretRef" in source:
-                    assert source["secretRef"]["name"] == secret_name
+                    expected = bouncer_secret if workload["metadata"]["name"] == "mmorch-pgbouncer" else secret_name
+                    assert source["secretRef"]["name"] == expected
             for item in container.get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -160,7 +167,7 @@ def test_pods_run_unprivileged_with_pinned_images(overlay: str) -> None:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
             name, tag, digest = kustomize.split_image(container["image"])
-            assert name.startswith("mmorch/")
+            assert name.startswith("mmorch/") or name in THIRD_PARTY_IMAGES, name
             assert (tag and tag != "latest") or digest, container["image"]
 
 
@@ -290,3 +297,40 @@ def test_monitoring_kustomization_matches_the_platform_rules() -> None:
             jobs |= {r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"}
     prometheus = yaml.safe_load((helpers.PROMETHEUS_DIR / "prometheus.yml").read_text())
     assert jobs == {c["job_name"] for c in prometheus["scrape_configs"]} - {"prometheus"}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_process_logs_json_and_sends_spans_to_the_collector(overlay: str) -> None:
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "mmorch-config")["data"]
+    service = find(manifests, "Service", "mmorch-otel-collector")
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "otlp-http")
+    endpoint = f"http://mmorch-otel-collector:{port}"
+    assert config["MMORCH_LOG_FORMAT"] == "json" and config["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
+    inference = find(manifests, "StatefulSet", "mmorch-inference")
+    env = {e["name"]: e.get("value") for e in _container(inference, "inference")["env"]}
+    assert env["MMORCH_LOG_FORMAT"] == "json" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
+    # The collector runs the repository's configuration.
+    collector_config = find(manifests, "ConfigMap", "mmorch-otel-collector")["data"]["config.yaml"]
+    assert yaml.safe_load(collector_config) == yaml.safe_load((ROOT / "platform/otel/collector.yaml").read_text())
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_control_plane_reaches_postgres_through_pgbouncer(overlay: str) -> None:
+    manifests = rendered(overlay)
+    bouncer = find(manifests, "Deployment", "mmorch-pgbouncer")
+    (container,) = kustomize.pod_containers(bouncer)
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["POOL_MODE"] == "transaction"
+    service = find(manifests, "Service", "mmorch-pgbouncer")
+    assert service["spec"]["ports"][0]["port"] == int(env["LISTEN_PORT"])
+    # What transaction pooling needs from Django, for every pod that reads the config map.
+    config = find(manifests, "ConfigMap", "mmorch-config")["data"]
+    assert config["DATABASE_PGBOUNCER"] == "true"
+    assert "DATABASE_POOL" not in config
+    template = yaml.safe_load(helpers.SECRET_TEMPLATE.read_text())
+    kubernetes_validate.validate(template, K8S_VERSIONS[-1], strict=True)
+    bouncer_template = yaml.safe_load(PGBOUNCER_SECRET_TEMPLATE.read_text())
+    kubernetes_validate.validate(bouncer_template, K8S_VERSIONS[-1], strict=True)
+    assert set(bouncer_template["stringData"]) >= {"DB_HOST", "DB_NAME", "DB_USER", "DB_PASSWORD"}
+    assert not any(bouncer_template["stringData"].values()), "the template holds no values"

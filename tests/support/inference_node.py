@@ -17,7 +17,8 @@ wheel on the embedding engine. Every other model is served from the demo model, 
 listed for a name is its default.
 `demo_model_path()` gives that directory to tests that load the model in-process. Keyword
 arguments of `inference_node` beyond the ones named are extra environment variables for the node
-(for example `INFERENCE_MAX_BATCH_SIZE="4"`). The node's output goes to `node.log_path`.
+(for example `INFERENCE_MAX_BATCH_SIZE="4"`). The node's output goes to `node.log_path`; when the
+node's context ends, the whole output is kept in `LOGS` (name, text) for suites that scan it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / "var" / "test-cache"
 DEFAULT_SECRET = "test-inference-secret"
+LOGS: list[tuple[str, str]] = []
 
 
 def demo_model_path() -> Path:
@@ -199,3 +201,5 @@ def inference_node(
             yield node
         finally:
             node.stop(timeout=15.0)
+            with suppress(OSError):
+                LOGS.append((f"inference node :{node.port}", node.log_path.read_text(errors="replace")))

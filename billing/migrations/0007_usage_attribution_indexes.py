@@ -23,7 +23,7 @@ def _gin_drop(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0005_plan_slo_targets_spend_jump_alerts"),
+        ("billing", "0006_billing_run_failed"),
     ]
 
     operations = [

@@ -1,0 +1,1 @@
+"""billing_run over many tenants and a large ledger: `python -m bench.billing`."""
