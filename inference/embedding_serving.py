@@ -21,6 +21,7 @@ from inference.serving import OpenAIServing, ServedModel
 from wire.context import SignedContext
 from wire.embeddings import EmbeddingRequest, embedding_encode
 from wire.errors import APIError
+from wire.tracing import trace_id_current, trace_id_of
 from wire.usage import JournalRecord, Outcome
 
 # Tokenizing this many characters or more goes to a worker thread rather than the event loop.
@@ -140,6 +141,7 @@ async def embeddings_create(serving: OpenAIServing, ctx: SignedContext, body: Em
             finished_at=utc_iso(arrival_wall + (now - arrival)),
             end_user=body.end_user(),
             metadata=body.tags(),
+            trace_id=trace_id_of(ctx.traceparent) or trace_id_current(),
             engine_ms=round(engine_ms, 3),
         )
 
