@@ -3,7 +3,9 @@ L2-normalised, as sentence-transformers' all-MiniLM-L6-v2 is meant to be used.
 
 Requests are batched across callers by a small dynamic batcher: the first waiting request opens a
 batch, requests arriving within `batch_window_ms` (or while the previous batch runs) join it, up to
-`max_batch_size` inputs per forward pass. Forward passes run in a worker thread, one at a time.
+`max_batch_size` inputs per forward pass. The window is held open only while callers come
+together (the last batch had company); a lone caller runs at once. Forward passes run in a worker
+thread, one at a time.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class EmbeddingEngine(Engine):
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = 0
+        self._company = False  # the last batch had more than one caller, or others waited behind it
 
     # -- life ----------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -174,7 +177,10 @@ class EmbeddingEngine(Engine):
         while True:
             jobs = [await queue.get()]
             size = len(jobs[0].ids)
-            deadline = loop.time() + self.batch_window_s
+            # Hold the batch open only when callers have been arriving together: a lone caller
+            # does not wait for company that is not coming.
+            window = self.batch_window_s if self._company or not queue.empty() else 0.0
+            deadline = loop.time() + window
             while size < self.max_batch_size:
                 if queue.empty():
                     remaining = deadline - loop.time()
@@ -205,6 +211,7 @@ class EmbeddingEngine(Engine):
                 continue
             finally:
                 self._running = 0
+                self._company = len(jobs) > 1 or not queue.empty()
             elapsed_ms = (time.perf_counter() - started) * 1000
             tokens = sum(len(ids) for ids in flat) or 1
             start = 0
