@@ -353,6 +353,8 @@ GATEWAY_NODE_MAX_QUEUED: int = env.int("GATEWAY_NODE_MAX_QUEUED", default=0)
 GATEWAY_PROMPT_BYTES_PER_TOKEN: float = env.float("GATEWAY_PROMPT_BYTES_PER_TOKEN", default=4.0)
 # Output tokens reserved when the request names no max_tokens and the plan sets no cap.
 GATEWAY_DEFAULT_RESERVE_TOKENS: int = env.int("GATEWAY_DEFAULT_RESERVE_TOKENS", default=256)
+# Most choices (`n`) one /v1 request may ask for; each is a sequence in a node's batch.
+GATEWAY_MAX_N: int = env.int("GATEWAY_MAX_N", default=8)
 # Keep-alive connections to nodes per gateway process.
 GATEWAY_UPSTREAM_POOL_SIZE: int = env.int("GATEWAY_UPSTREAM_POOL_SIZE", default=256)
 GATEWAY_MARK_KEYS_USED: bool = env.bool("GATEWAY_MARK_KEYS_USED", default=True)

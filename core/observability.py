@@ -116,7 +116,11 @@ class MetricsMiddleware(_SyncAndAsync):
     def _observe(request: HttpRequest, response: HttpResponse, started: float) -> None:
         route = _route_of(request)
         method = request.method or "GET"
-        HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if request.path.startswith("/v1/"):
+            # OpenAI's header: time to the response headers (a stream keeps flowing after).
+            response["openai-processing-ms"] = str(round(elapsed * 1000))
+        HTTP_LATENCY.labels(route, method).observe(elapsed)
         HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
 
 

@@ -108,7 +108,7 @@ def model_check(snap: Snapshot, ctx: KeyContext, name: str) -> ModelRoute:
 
 
 def limits_check(parsed: ParsedRequest, ctx: KeyContext, counted: PromptCount | None = None) -> int:
-    """Per-plan and per-model input limits; returns the number of output tokens to reserve."""
+    """Per-plan and per-model input limits; returns the number of output tokens to reserve (all n choices)."""
     lim = ctx.key_limits
     if lim.max_messages is not None and parsed.messages > lim.max_messages:
         raise APIError(
@@ -156,14 +156,16 @@ def limits_check(parsed: ParsedRequest, ctx: KeyContext, counted: PromptCount | 
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return parsed.max_tokens
+        return parsed.max_tokens * parsed.n
     room = context - prompt if context is not None else None
     if lim.max_output_tokens is not None:
         # Make the plan's cap explicit so the node stops there and the reservation holds.
         parsed.body["max_tokens"] = lim.max_output_tokens
-        return lim.max_output_tokens
+        parsed.body.pop("max_completion_tokens", None)
+        return lim.max_output_tokens * parsed.n
     default = conf().default_reserve_tokens
-    return default if room is None else min(default, room)
+    # Each of the n choices may run as long as one.
+    return (default if room is None else min(default, room)) * parsed.n
 
 
 def rate_limit_error(decision: Decision) -> APIError:

@@ -25,6 +25,7 @@ class GatewayConf:
     node_max_queued: int
     prompt_bytes_per_token: float
     default_reserve_tokens: int
+    max_n: int
     mark_keys_used: bool
     ledger_baseline_s: float
     signing_secret: str
@@ -44,6 +45,7 @@ def _build() -> GatewayConf:
         node_max_queued=int(settings.GATEWAY_NODE_MAX_QUEUED),
         prompt_bytes_per_token=float(settings.GATEWAY_PROMPT_BYTES_PER_TOKEN),
         default_reserve_tokens=int(settings.GATEWAY_DEFAULT_RESERVE_TOKENS),
+        max_n=int(settings.GATEWAY_MAX_N),
         mark_keys_used=bool(settings.GATEWAY_MARK_KEYS_USED),
         ledger_baseline_s=float(settings.GATEWAY_LEDGER_BASELINE_S),
         # Nodes accept several secrets while one rotates; the gateway signs with the first.

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from gateway.conf import conf
-from gateway.protocol import APIError, ParsedRequest
+from gateway.protocol import APIError
 from gateway.registry import ModelRoute
 from gateway.tokens import LocalTokenizer, prompt_counter
 from tenants.types import KeyContext
@@ -25,7 +27,24 @@ _INLINE_BYTES = 64 * 1024
 _SPECIAL_TOKENS_GUESS = 2
 
 
-def embedding_parse(raw: bytes) -> tuple[EmbeddingRequest, ParsedRequest]:
+@dataclass(slots=True)
+class EmbeddingParsed:
+    """The gateway's view of a checked embeddings request: what forwarding and quotas read."""
+
+    model: str
+    prompt_bytes: int
+    body: dict[str, Any]  # forwarded as sent
+    prompt_tokens: int | None = None  # counted by the model's tokenizer, or estimated
+    stream: bool = False
+    include_usage: bool = False
+
+    def prompt_estimate(self) -> int:
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
+        return math.ceil(self.prompt_bytes / conf().prompt_bytes_per_token)
+
+
+def embedding_parse(raw: bytes) -> tuple[EmbeddingRequest, EmbeddingParsed]:
     """The validated request and the gateway's view of it (forwarded unchanged); 400 on bad input."""
     if not raw:
         raise APIError(400, "The request body is empty; send a JSON object.", code="invalid_json")
@@ -35,15 +54,7 @@ def embedding_parse(raw: bytes) -> tuple[EmbeddingRequest, ParsedRequest]:
         raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
     forwarded = orjson.loads(raw)
     prompt_bytes = sum(len(item.encode()) if isinstance(item, str) else 4 * len(item) for item in body.input)
-    parsed = ParsedRequest(
-        model=body.model,
-        stream=False,
-        include_usage=False,
-        max_tokens=None,
-        prompt_bytes=prompt_bytes,
-        messages=0,
-        body=forwarded,
-    )
+    parsed = EmbeddingParsed(model=body.model, prompt_bytes=prompt_bytes, body=forwarded)
     return body, parsed
 
 
@@ -86,7 +97,7 @@ async def embedding_tokens(route: ModelRoute, body: EmbeddingRequest, prompt_byt
     return max(counts) if counts else _estimate(body)
 
 
-def embedding_limits_check(parsed: ParsedRequest, ctx: KeyContext) -> None:
+def embedding_limits_check(parsed: EmbeddingParsed, ctx: KeyContext) -> None:
     """The plan's prompt limit holds for an embeddings request's inputs together."""
     limit = ctx.key_limits.max_prompt_tokens
     tokens = parsed.prompt_estimate()

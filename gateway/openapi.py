@@ -1,92 +1,45 @@
 """The OpenAPI 3.1 document of the public API (`/v1`), built from code so it cannot drift.
 
-Request bodies are the node's wire models (`wire.protocol`) narrowed to what the gateway's own
-check (`gateway.protocol.parse_body`) lets through: unknown and unsupported fields are refused
-there, so every request schema says `additionalProperties: false` and lists exactly the gateway's
-parameters. Responses follow what the node sends, with every field the OpenAI types require.
+Request bodies are the wire models (`wire.protocol`) that the gateway and the node both validate
+with; unknown fields are refused, so every request schema says `additionalProperties: false`.
+Responses follow what the node sends, with every field the OpenAI types require.
 """
 
 from __future__ import annotations
 
 import copy
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from gateway.conf import conf
 from gateway.openapi_embeddings import embeddings_document_add
-from gateway.protocol import CHAT_PARAMS, COMPLETION_PARAMS
-from wire.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, StreamOptions, TextPart
+from wire.protocol import ChatCompletionRequest, CompletionRequest
 
 _REF = "#/components/schemas/{model}"
-_FORBID = ConfigDict(strict=True, extra="forbid")
-
-Penalty = Annotated[float | None, Field(default=None, ge=-2.0, le=2.0)]
-OutputTokens = Annotated[int | None, Field(default=None, ge=1)]
-# The gateway: a string, or up to 4 non-empty strings.
-Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None
 
 
-class StreamOptionsBody(StreamOptions):
-    model_config = _FORBID
-
-
-class Message(ChatMessage):
-    """A message as the gateway takes it: no `tool` role, content required (text or text parts)."""
-
-    model_config = _FORBID
-    role: Literal["system", "developer", "user", "assistant"]  # type: ignore[assignment]
-    content: str | list[TextPart]  # type: ignore[assignment]
-
-
-class _GatewayFields(BaseModel):
-    """What the gateway narrows, or adds, in both generate bodies."""
-
-    model_config = _FORBID
-    n: Literal[1] | None = None
-    stop: Stop = None
-    stream: bool | None = False
-    stream_options: StreamOptionsBody | None = Field(
-        default=None, description="Only with `stream: true`; otherwise a 400."
-    )
-    user: str | None = None
-    presence_penalty: Penalty
-    frequency_penalty: Penalty
-
-
-# The mixin narrows the wire model's fields on purpose (mypy calls the two bases incompatible).
-class ChatCompletionBody(_GatewayFields, ChatCompletionRequest):  # type: ignore[misc]
-    model_config = _FORBID
-    messages: list[Message] = Field(min_length=1)  # type: ignore[assignment]
-    max_tokens: OutputTokens = Field(description="This or `max_completion_tokens` (the same value if both).")
-    max_completion_tokens: OutputTokens
-
-
-class CompletionBody(_GatewayFields, CompletionRequest):  # type: ignore[misc]
-    model_config = _FORBID
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]  # type: ignore[assignment]
-    max_tokens: OutputTokens
-
-
-def _request_schema(model: type[ChatCompletionBody] | type[CompletionBody], allowed: frozenset[str]) -> dict[str, Any]:
-    """The model's JSON schema, its $defs lifted out, with only the parameters the gateway forwards."""
-    schema = model.model_json_schema(ref_template=_REF)
+def _request_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its $defs lifted out, `n` capped at the plan's limit."""
+    schema = model.model_json_schema(ref_template=_REF, by_alias=True)
     schema.pop("$defs", None)
-    # `echo` is a node field the gateway refuses: not in the document.
-    schema["properties"] = {k: v for k, v in schema["properties"].items() if k in allowed}
-    schema["required"] = [k for k in schema.get("required", []) if k in allowed]
-    schema["additionalProperties"] = False
+    n = schema["properties"]["n"]
+    for option in n.get("anyOf", [n]):
+        if option.get("type") == "integer":
+            option["maximum"] = conf().max_n
     return schema
 
 
 def _defs() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for model in (ChatCompletionBody, CompletionBody):
-        out.update(model.model_json_schema(ref_template=_REF).get("$defs", {}))
+    for model in (ChatCompletionRequest, CompletionRequest):
+        out.update(model.model_json_schema(ref_template=_REF, by_alias=True).get("$defs", {}))
     return out
 
 
 _NULLABLE_STR = {"type": ["string", "null"]}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
 _USAGE = {
     "type": "object",
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
@@ -94,9 +47,15 @@ _USAGE = {
         "prompt_tokens": {"type": "integer", "minimum": 0},
         "completion_tokens": {"type": "integer", "minimum": 0},
         "total_tokens": {"type": "integer", "minimum": 0},
+        "prompt_tokens_details": _COUNTS,
+        "completion_tokens_details": _COUNTS,
     },
 }
-_FINISH = {"type": "string", "enum": ["stop", "length"]}
+_FINISH = {"type": "string", "enum": ["stop", "length", "tool_calls"]}
+# Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs"}], "refusal"}; completions: parallel
+# lists {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. Null unless asked for.
+_LOGPROBS = {"type": ["object", "null"]}
+_TOOL_CALLS = {"type": "array", "items": {"type": "object"}}
 
 
 def _completion_object(object_name: str, choice: dict[str, Any]) -> dict[str, Any]:
@@ -126,10 +85,15 @@ _RESPONSE_SCHEMAS: dict[str, Any] = {
                 "index": {"type": "integer"},
                 "message": {
                     "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {"role": {"const": "assistant"}, "content": _NULLABLE_STR},
+                    "required": ["role", "content", "refusal"],
+                    "properties": {
+                        "role": {"const": "assistant"},
+                        "content": _NULLABLE_STR,
+                        "refusal": _NULLABLE_STR,
+                        "tool_calls": _TOOL_CALLS,
+                    },
                 },
-                "logprobs": {"type": "null"},
+                "logprobs": _LOGPROBS,
                 "finish_reason": _FINISH,
             },
         },
@@ -142,7 +106,7 @@ _RESPONSE_SCHEMAS: dict[str, Any] = {
             "properties": {
                 "index": {"type": "integer"},
                 "text": {"type": "string"},
-                "logprobs": {"type": "null"},
+                "logprobs": _LOGPROBS,
                 "finish_reason": _FINISH,
             },
         },
@@ -157,9 +121,14 @@ _RESPONSE_SCHEMAS: dict[str, Any] = {
                     "index": {"type": "integer"},
                     "delta": {
                         "type": "object",
-                        "properties": {"role": {"const": "assistant"}, "content": _NULLABLE_STR},
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "content": _NULLABLE_STR,
+                            "refusal": _NULLABLE_STR,
+                            "tool_calls": _TOOL_CALLS,
+                        },
                     },
-                    "logprobs": {"type": "null"},
+                    "logprobs": _LOGPROBS,
                     "finish_reason": {"anyOf": [_FINISH, {"type": "null"}]},
                 },
             },
@@ -221,6 +190,11 @@ _SERVED_HEADERS = {
     **_RATE_HEADERS,
     "x-mmorch-model-version": {"description": "The model version that served it.", "schema": {"type": "string"}},
     "x-mmorch-attempt-id": {"description": "This attempt's id (usage is keyed on it).", "schema": {"type": "string"}},
+    "x-request-id": {"description": "The client's id, or one made here.", "schema": {"type": "string"}},
+    "openai-processing-ms": {
+        "description": "Milliseconds from the request's arrival to the response headers.",
+        "schema": {"type": "integer"},
+    },
 }
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}
 
@@ -311,8 +285,8 @@ def _generate(summary: str, op_id: str, body_ref: str, ref: str, chunk_ref: str)
 def _document() -> dict[str, Any]:
     schemas = {
         **_defs(),
-        "ChatCompletionRequest": _request_schema(ChatCompletionBody, CHAT_PARAMS),
-        "CompletionRequest": _request_schema(CompletionBody, COMPLETION_PARAMS),
+        "ChatCompletionRequest": _request_schema(ChatCompletionRequest),
+        "CompletionRequest": _request_schema(CompletionRequest),
         **_RESPONSE_SCHEMAS,
     }
     # A completions stream's events have the completion's own shape.

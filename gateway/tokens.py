@@ -22,7 +22,8 @@ from gateway.forward import attempt_id_new, upstream_client
 from gateway.protocol import APIError, ParsedRequest
 from gateway.registry import ModelRoute, Snapshot, VersionRoute
 from wire.context import SignedContext
-from wire.prompt import PromptRejected, chat_prompt_ids, message_text, text_prompt_ids
+from wire.prompt import PromptRejected, chat_prompt_ids, text_prompt_ids
+from wire.protocol import ChatCompletionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +64,20 @@ def tokenizer_load(artifact: str) -> LocalTokenizer | None:
     return LocalTokenizer(tokenizer, context)
 
 
-def _chat_messages(parsed: ParsedRequest) -> list[dict[str, Any]]:
-    return [{"role": m["role"], "content": message_text(m.get("content"))} for m in parsed.body["messages"]]
-
-
-def _prompt_text(parsed: ParsedRequest) -> str:
-    prompt = parsed.body["prompt"]
-    return prompt if isinstance(prompt, str) else prompt[0]
-
-
 def count_with(local: LocalTokenizer, parsed: ParsedRequest) -> int:
-    if parsed.messages:
+    request = parsed.request
+    if isinstance(request, ChatCompletionRequest):
+        tools = request.tools if request.tools_active() else None
         try:
-            return len(chat_prompt_ids(local.tokenizer, _chat_messages(parsed)))
+            return len(chat_prompt_ids(local.tokenizer, request.template_messages(), tools=tools))
         except PromptRejected as exc:
             raise APIError(
                 400, f"This model's chat template refuses these messages: {exc}", param="messages", code="invalid_value"
             ) from None
-    return len(text_prompt_ids(local.tokenizer, _prompt_text(parsed)))
+    ids = request.prompt_token_ids()
+    if ids is not None:
+        return len(ids)
+    return len(text_prompt_ids(local.tokenizer, request.prompt_text() or ""))
 
 
 class PromptCounter:

@@ -343,16 +343,18 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         start: Callable[[SignedContext, Any], Awaitable[Generation]],
         model_cls: type[ChatCompletionRequest] | type[CompletionRequest],
     ) -> Response:
+        started = time.monotonic()
         body_bytes = await _read_body(request, node)
         ctx = await _authenticate(request, node, body_bytes)
         try:
             body = parse_body(model_cls, body_bytes)
-            # Read from the raw body: the generation request models do not carry these fields yet.
-            attribution = attribution_parse(body_bytes)
+            # As the journal and the ledger hold it (an end user of at most 256 characters).
+            attribution = attribution_parse(
+                {"user": body.user, "safety_identifier": body.safety_identifier, "metadata": body.metadata}
+            )
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
         log_bind(model=body.model)
-        chat = model_cls is ChatCompletionRequest
         node.state.inflight += 1
         handed_off = False
         try:
@@ -362,16 +364,16 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
                 gen = await start(ctx, body)
                 gen.attribution = attribution
                 headers = {"x-request-id": gen.ticket.request_id, "x-mmorch-model-version": gen.model.version}
-                echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
-                if body.stream:
+                if body.streaming:
                     gen.streaming = True
                     handed_off = True
-                    stream = node.serving.stream(gen, chat=chat, include_usage=body.include_usage(), echo=echo)
+                    stream = node.serving.stream(gen)
                     return SSEResponse(stream, on_close=_stream_closed(gen), headers=headers)
                 try:
-                    payload = await node.serving.collect(gen, chat=chat, echo=echo)
+                    payload = await node.serving.collect(gen)
                 finally:
                     gen.close()
+                headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
                 return JSONBytes(payload, headers=headers)
 
             return await guard_disconnect(request, work())

@@ -11,14 +11,11 @@ decides the length. Running it again on a complete directory does nothing.
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from inference.demo_model import BOS, CHAT_TEMPLATE, EOS, PAD
+from inference.demo_model import BOS, CHAT_TEMPLATE, EOS, PAD, build_cli, build_once
 
 # Bump when the recipe changes so cached copies are rebuilt.
 BENCH_MODEL_REVISION = "1"
@@ -118,40 +115,17 @@ def _build_model(directory: Path, *, trained_vocab: int) -> None:
     model.save_pretrained(str(directory), safe_serialization=True)
 
 
-def is_built(path: Path) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text().strip() == BENCH_MODEL_REVISION
+def _build(directory: Path) -> None:
+    _build_model(directory, trained_vocab=_build_tokenizer(directory))
 
 
 def build_bench_model(path: str | Path) -> Path:
     """Write the model to `path` (no-op when a complete copy of this revision is there)."""
-    target = Path(path)
-    if is_built(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and swap in, so a reader never sees a half-written directory.
-    staging = Path(tempfile.mkdtemp(prefix=".bench-model-", dir=target.parent))
-    try:
-        trained = _build_tokenizer(staging)
-        _build_model(staging, trained_vocab=trained)
-        (staging / MARKER).write_text(BENCH_MODEL_REVISION + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(path, marker=MARKER, revision=BENCH_MODEL_REVISION, build=_build)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m inference.bench_model PATH\n")
-        return 2
-    build_bench_model(args[0])
-    sys.stdout.write(f"bench model ready at {args[0]}\n")
-    return 0
+    return build_cli(argv, "inference.bench_model", build_bench_model)
 
 
 if __name__ == "__main__":

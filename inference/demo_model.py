@@ -11,19 +11,46 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # Bump when the recipe changes so cached copies are rebuilt.
-DEMO_MODEL_REVISION = "4"
+DEMO_MODEL_REVISION = "6"
 MARKER = "demo_model_revision.txt"
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 # Like real templates it refuses what it cannot render: a conversation may not open with the
 # assistant (raise_exception, as Hugging Face templates do).
+# Tools follow the Hermes/Qwen format (inference/structured/tools.py parses it): the functions as
+# JSON lines in a system block, each call as <tool_call>\n{"name":...,"arguments":{...}}\n</tool_call>
+# (calls separated by a newline), each result as a tool message naming its call id.
 CHAT_TEMPLATE = (
     "{% if messages and messages[0]['role'] == 'assistant' %}"
     "{{ raise_exception('Conversations must not start with an assistant message.') }}{% endif %}"
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{{ bos_token }}"
+    # Hugging Face renders with trim_blocks: a newline right after a block tag is dropped, so
+    # newlines there are written as {{ nl }}.
+    "{% set nl = '\n' %}"
+    "{% if tools %}<|system|>\n# Tools\nYou may call one or more functions. Their signatures:\n<tools>\n"
+    # One compact JSON line per function (the context is short: 1024 tokens of one byte each).
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool)"
+    " | tojson(separators=(',', ':')) }}{{ nl }}{% endfor %}</tools>\n"
+    "To call a function, answer with one block per call:\n"
+    '<tool_call>\n{"name":<function-name>,"arguments":<arguments-object>}\n</tool_call>\n'
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "<|tool|>\n<tool_response id=\"{{ message['tool_call_id'] or '' }}\">\n"
+    "{{ message['content'] }}\n</tool_response>\n"
+    "{% else %}"
+    "<|{{ message['role'] }}|>\n{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] %}{% if message['content'] %}{{ nl }}{% endif %}"
+    "{% for call in message['tool_calls'] %}{% if not loop.first %}{{ nl }}{% endif %}"
+    "<tool_call>\n{\"name\":{{ call['function']['name'] | tojson }},\"arguments\":"
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}}\n</tool_call>"
+    "{% endfor %}{% endif %}{{ nl }}"
+    "{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -123,23 +150,18 @@ def _byte_level_inverse() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
-def is_built(path: Path) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text().strip() == DEMO_MODEL_REVISION
-
-
-def build_demo_model(path: str | Path) -> Path:
-    """Write the model to `path` (no-op when a complete copy of this revision is there)."""
+def build_once(path: str | Path, *, marker: str, revision: str, build: Callable[[Path], object]) -> Path:
+    """Run `build(directory)` into a staging directory beside `path` and swap it in, so a reader never
+    sees a half-written model; a no-op when a complete copy of this revision is there already."""
     target = Path(path)
-    if is_built(target):
+    stamp = target / marker
+    if stamp.is_file() and stamp.read_text().strip() == revision:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and swap in, so a reader never sees a half-written directory.
-    staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _build_tokenizer(staging)
-        _build_model(staging)
-        (staging / MARKER).write_text(DEMO_MODEL_REVISION + "\n")
+        build(staging)
+        (staging / marker).write_text(revision + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -149,14 +171,29 @@ def build_demo_model(path: str | Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_cli(argv: list[str] | None, module: str, build: Callable[[str], Path]) -> int:
+    """`python -m <module> PATH`: build the model there."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m inference.demo_model PATH\n")
+        sys.stderr.write(f"usage: python -m {module} PATH\n")
         return 2
-    build_demo_model(args[0])
-    sys.stdout.write(f"demo model ready at {args[0]}\n")
+    build(args[0])
+    sys.stdout.write(f"model ready at {args[0]}\n")
     return 0
+
+
+def _build(directory: Path) -> None:
+    _build_tokenizer(directory)
+    _build_model(directory)
+
+
+def build_demo_model(path: str | Path) -> Path:
+    """Write the demo model to `path` (no-op when a complete copy of this revision is there)."""
+    return build_once(path, marker=MARKER, revision=DEMO_MODEL_REVISION, build=_build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return build_cli(argv, "inference.demo_model", build_demo_model)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class Ticket:
     priority: int = 0
     max_inflight: int = 0
     max_queued: int = 0
+    slots: int = 1  # rows it takes in the engine's batch: one per choice (n)
     arrival: float = 0.0
     dispatched_at: float | None = None
     state: Literal["new", "waiting", "running", "done", "cancelled"] = "new"
@@ -190,11 +191,13 @@ class FairScheduler:
                 best = state
         if best is None:
             return None
+        if self.running + best.waiting[0][2].slots > self.capacity:
+            return None  # its n sequences wait until that many rows are free
         _, _, ticket = heapq.heappop(best.waiting)
         self.waiting -= 1
         self.budget.waiting -= 1
         best.running += 1
-        self.running += 1
+        self.running += ticket.slots
         ticket.state = "running"
         ticket.dispatched_at = self.clock()
         best.counter += self.input_cost * ticket.prompt_tokens / best.weight
@@ -215,7 +218,7 @@ class FairScheduler:
         ticket.state = "done"
         state = self.tenant(ticket.tenant)
         state.running -= 1
-        self.running -= 1
+        self.running -= ticket.slots
         if ticket.dispatched_at is not None:
             duration = self.clock() - ticket.dispatched_at
             self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration

@@ -13,19 +13,18 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
 from inference.engine.embedding_engine import ENGINE_KIND_EMBEDDING
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
+from inference.responses import response_collect, response_stream, structured_module
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
 from inference.telemetry import request_finished
 from wire.attribution import Attribution
 from wire.context import SignedContext
 from wire.errors import APIError
 from wire.prompt import PromptRejected
-from wire.protocol import ChatCompletionRequest, CompletionRequest
+from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid
 from wire.tracing import span, trace_id_current, trace_id_of
 from wire.usage import JournalRecord, Outcome
 
@@ -89,6 +88,8 @@ class Generation:
     arrival: float
     dispatched: float
     labels: tuple[str, str, str]
+    body: ChatCompletionRequest | CompletionRequest | None = None
+    finishes: dict[int, str] = field(default_factory=dict)
     first_token: float | None = None
     last_token: float | None = None
     completion_tokens: int = 0
@@ -103,6 +104,8 @@ class Generation:
 
     async def outputs(self) -> AsyncIterator[EngineOutput]:
         metrics = self.serving.metrics
+        remaining = self.request.params.n
+        per_sequence: dict[int, int] = {}
         async for out in self.model.engine.generate(self.request):
             now = time.monotonic()
             if out.token_ids:
@@ -113,10 +116,22 @@ class Generation:
                     metrics.itl.labels(*self.labels).observe(now - self.last_token)
                 self.last_token = now
                 self.model.scheduler.charge(self.ticket, len(out.token_ids))
-            self.completion_tokens = max(self.completion_tokens, out.completion_tokens)
             self.engine_ms = max(self.engine_ms, out.engine_ms)
+            if out.index >= 0:
+                per_sequence[out.index] = max(per_sequence.get(out.index, 0), out.completion_tokens)
+                self.completion_tokens = sum(per_sequence.values())
             if out.finished:
-                self.finish_reason = out.finish_reason or "error"
+                remaining -= 1
+                failed = out.index < 0 or out.finish_reason not in ("stop", "length")
+                if not failed:
+                    self.finishes[out.index] = out.finish_reason or "stop"
+                if not failed and remaining > 0:
+                    yield out
+                    continue
+                if failed:
+                    self.finish_reason = out.finish_reason or "error"
+                else:  # all n sequences done: the request ran out of room if any one did
+                    self.finish_reason = "length" if "length" in self.finishes.values() else "stop"
                 if out.error:
                     logger.error("request %s failed in the engine: %s", self.request.request_id, out.error)
                 # Durable before the caller sends the last byte of the response.
@@ -180,10 +195,6 @@ class Generation:
         )
 
 
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
 class OpenAIServing:
     def __init__(self, *, registry: ModelRegistry, journal: Journal, metrics: Metrics, state: NodeLifecycle) -> None:
         self.registry = registry
@@ -214,7 +225,8 @@ class OpenAIServing:
             )
         max_tokens, param = requested
         if max_tokens is not None:
-            if max_tokens <= 0:
+            scoring = max_tokens == 0 and isinstance(body, CompletionRequest) and bool(body.echo)
+            if max_tokens <= 0 and not scoring:
                 raise APIError(400, f"{param} must be at least 1", param=param, code="invalid_value")
             if max_tokens > served.max_tokens:
                 raise APIError(
@@ -230,14 +242,7 @@ class OpenAIServing:
                 )
         else:
             max_tokens = min(served.max_tokens, context - len(prompt_ids))
-        temperature = 1.0 if body.temperature is None else body.temperature
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            stop=body.stop_sequences(),
-        )
+        params = self._sampling(served, body, max_tokens)
         request_id = ctx.request_id or str(uuid.uuid4())
         tenant = str(ctx.tenant)
         labels = (self.metrics.tenant_label(tenant), served.name, served.version)
@@ -249,6 +254,7 @@ class OpenAIServing:
             priority=ctx.priority,
             max_inflight=ctx.max_inflight,
             max_queued=ctx.max_queued,
+            slots=params.n,
         )
         arrival_wall, arrival = time.time(), time.monotonic()
         try:
@@ -281,14 +287,71 @@ class OpenAIServing:
             arrival=arrival,
             dispatched=dispatched,
             labels=labels,
+            body=body,
         )
+
+    def _sampling(
+        self, served: ServedModel, body: ChatCompletionRequest | CompletionRequest, max_tokens: int
+    ) -> SamplingParams:
+        engine = served.engine
+        n = body.choices()
+        if n > engine.max_batch_size:
+            raise APIError(
+                400, f"n must be at most {engine.max_batch_size} on this model.", param="n", code="invalid_value"
+            )
+        bias = body.token_bias()
+        vocab = engine.vocab_size
+        if vocab and any(token >= vocab for token in bias):
+            raise APIError(
+                400,
+                f"logit_bias names a token id outside this model's vocabulary (0-{vocab - 1}).",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        chat = isinstance(body, ChatCompletionRequest)
+        echo = not chat and bool(body.echo)  # type: ignore[union-attr]
+        structure = self._structure(served, body) if isinstance(body, ChatCompletionRequest) else None
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
+            stop=body.stop_sequences(),
+            n=n,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            logit_bias=tuple(sorted(bias.items())),
+            logprobs=body.top_logprobs_count(),
+            prompt_logprobs=body.top_logprobs_count() if echo else None,
+            constraint=None if structure is None else structure.new_constraint,
+            guided=None if structure is None else structure.vllm_params(),
+        )
+
+    @staticmethod
+    def _structure(served: ServedModel, body: ChatCompletionRequest) -> Any:
+        """The grammar a chat request's output must follow, or None (inference.structured decides)."""
+        if not body.constrains_output():
+            return None
+        engine = served.engine
+        try:
+            return structured_module().structure_for(
+                response_format=body.response_format,
+                tools=body.tools,
+                tool_choice=body.tool_choice,
+                parallel_tool_calls=body.parallel_tool_calls,
+                tokenizer=engine.tokenizer,
+                vocab_size=engine.vocab_size or None,
+            )
+        except RequestInvalid as exc:  # a schema the grammar library cannot compile: the client's
+            raise APIError(400, exc.message, param=exc.param, code=exc.code or "invalid_value") from None
 
     def prompt_ids(self, served: ServedModel, body: ChatCompletionRequest | CompletionRequest) -> list[int]:
         """The request's prompt as the engine will run it; the client's faults are 400s."""
         if isinstance(body, ChatCompletionRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            messages = body.template_messages()
+            tools = body.tools if body.tools_active() else None
             try:
-                return served.engine.encode_chat(messages)
+                return served.engine.encode_chat(messages, tools=tools)
             except PromptRejected as exc:
                 raise APIError(
                     400,
@@ -296,7 +359,18 @@ class OpenAIServing:
                     param="messages",
                     code="invalid_value",
                 ) from None
-        prompt_ids = served.engine.encode(body.prompt_text())
+        given = body.prompt_token_ids()
+        if given is not None:
+            vocab = served.engine.vocab_size
+            if vocab and any(not 0 <= i < vocab for i in given):
+                raise APIError(
+                    400,
+                    f"prompt holds a token id outside this model's vocabulary (0-{vocab - 1}).",
+                    param="prompt",
+                    code="invalid_value",
+                )
+            return given
+        prompt_ids = served.engine.encode(body.prompt_text() or "")
         if not prompt_ids:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         return prompt_ids
@@ -335,95 +409,10 @@ class OpenAIServing:
 
     # -- responses -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _usage(gen: Generation) -> dict[str, int]:
-        prompt = len(gen.request.prompt_ids)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": gen.completion_tokens,
-            "total_tokens": prompt + gen.completion_tokens,
-        }
-
-    async def collect(self, gen: Generation, *, chat: bool, echo: str = "") -> dict[str, Any]:
+    async def collect(self, gen: Generation) -> dict[str, Any]:
         """Run to the end and build the non-streaming response."""
-        parts: list[str] = [echo] if echo else []
-        try:
-            async for out in gen.outputs():
-                if out.text:
-                    parts.append(out.text)
-        finally:
-            gen.close()
-        if gen.finish_reason not in ("stop", "length"):
-            raise APIError(500, "the engine failed to complete the request", type="server_error", code="engine_error")
-        text = "".join(parts)
-        created = int(gen.arrival_wall)
-        if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": gen.finish_reason,
-            }
-            return {
-                "id": f"chatcmpl-{gen.request.request_id}",
-                "object": "chat.completion",
-                "created": created,
-                "model": gen.model.name,
-                "system_fingerprint": gen.model.version,
-                "choices": [choice],
-                "usage": self._usage(gen),
-            }
-        return {
-            "id": f"cmpl-{gen.request.request_id}",
-            "object": "text_completion",
-            "created": created,
-            "model": gen.model.name,
-            "system_fingerprint": gen.model.version,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": gen.finish_reason}],
-            "usage": self._usage(gen),
-        }
+        return await response_collect(gen)
 
-    async def stream(self, gen: Generation, *, chat: bool, include_usage: bool, echo: str = "") -> AsyncIterator[bytes]:
+    def stream(self, gen: Generation) -> AsyncIterator[bytes]:
         """SSE events; the usage record is durable before the final chunk is yielded."""
-        created = int(gen.arrival_wall)
-        base: dict[str, Any] = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{gen.request.request_id}",
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created,
-            "model": gen.model.name,
-            "system_fingerprint": gen.model.version,
-        }
-        usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
-
-        def chunk(text: str | None, finish: str | None, *, role: bool = False) -> bytes:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-                if text is not None:
-                    delta["content"] = text
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            return _sse({**base, "choices": [choice], **usage_field})
-
-        try:
-            if chat:
-                yield chunk(None, None, role=True)
-            if echo:
-                yield chunk(echo, None)
-            async for out in gen.outputs():
-                if out.finished:
-                    if gen.finish_reason not in ("stop", "length"):
-                        error = APIError(500, "the engine failed", type="server_error", code="engine_error")
-                        yield _sse(error.body())
-                        break
-                    if out.text:
-                        yield chunk(out.text, None)
-                    yield chunk(None if chat else "", gen.finish_reason)
-                    if include_usage:
-                        yield _sse({**base, "choices": [], "usage": self._usage(gen)})
-                    break
-                if out.text:
-                    yield chunk(out.text, None)
-            yield b"data: [DONE]\n\n"
-        finally:
-            gen.close()
+        return response_stream(gen)

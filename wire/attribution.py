@@ -2,7 +2,8 @@
 end user) and `metadata` (the client's own tags). Both planes read them by this one model; the node
 journals them and the ledger groups and filters spend by them.
 
-OpenAI's limits: at most 16 metadata pairs, keys up to 64 characters, values up to 512, strings only.
+OpenAI's limits: at most 16 metadata pairs, keys up to 64 characters, values up to 512, strings only;
+`safety_identifier` up to 64 characters. `user` up to 256 (what the ledger holds).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from wire.protocol import RequestInvalid
 from wire.usage import END_USER_MAX, METADATA_MAX_KEY, METADATA_MAX_PAIRS, METADATA_MAX_VALUE
 
+SAFETY_IDENTIFIER_MAX = 64  # OpenAI's limit
+
 
 class Attribution(BaseModel):
     """The attribution fields of a /v1 body; a base for the request models that carry them."""
@@ -22,7 +25,7 @@ class Attribution(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     user: str | None = Field(default=None, max_length=END_USER_MAX)
-    safety_identifier: str | None = Field(default=None, max_length=END_USER_MAX)
+    safety_identifier: str | None = Field(default=None, max_length=SAFETY_IDENTIFIER_MAX)
     metadata: (
         Annotated[
             dict[

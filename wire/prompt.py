@@ -15,11 +15,15 @@ class PromptRejected(ValueError):
     they do not support): the client's input, a 400 naming `messages`."""
 
 
-def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
-    """The prompt of a chat request: the model's chat template, or a plain transcript without one."""
+def chat_prompt_ids(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+) -> list[int]:
+    """The prompt of a chat request: the model's chat template, or a plain transcript without one.
+    `tools` (OpenAI's shape) go to the template, as Hugging Face templates take them."""
     if getattr(tokenizer, "chat_template", None):
         try:
-            text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+            extra: dict[str, Any] = {"tools": list(tools)} if tools else {}
+            text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False, **extra)
         except Exception as exc:  # jinja2's TemplateError from raise_exception, or the template tripping on input
             raise PromptRejected(str(exc) or type(exc).__name__) from exc
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -10,7 +10,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from bench.inference import batching, embeddings, noisy_neighbour, weighted_shares
+from bench.inference import batching, embeddings, noisy_neighbour, structured, weighted_shares
 
 parser = argparse.ArgumentParser(prog="python -m bench.inference")
 parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (bench/report.py reads it)")
@@ -24,10 +24,14 @@ if args.quick:
     weighted_shares.MEASURE_S = 6.0
     embeddings.ROUNDS, embeddings.REPEAT = 2, 1
 if args.quick or args.no_write:
-    for module in (batching, noisy_neighbour, weighted_shares):
+    for module in (batching, noisy_neighbour, weighted_shares, structured):
         module.write_section = lambda name, body: None  # type: ignore[attr-defined]
-figures = {}
-for module in (batching, noisy_neighbour, weighted_shares, embeddings):
-    figures[module.__name__.rsplit(".", 1)[-1]] = asyncio.run(module.main())  # type: ignore[attr-defined]
+figures = {
+    "batching": asyncio.run(batching.main([])),
+    "noisy_neighbour": asyncio.run(noisy_neighbour.main()),
+    "weighted_shares": asyncio.run(weighted_shares.main()),
+    "structured": asyncio.run(structured.main(["--rounds", "2", "--max-tokens", "64"] if args.quick else [])),
+    "embeddings": asyncio.run(embeddings.main()),
+}
 if args.json:
     Path(args.json).write_text(json.dumps(figures, indent=1))

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "aborted", "error"]
+
+
+class TokenConstraint(Protocol):
+    """Grammar state of one generated sequence (inference.structured makes them); not thread-safe."""
+
+    def allowed_mask(self) -> Any:
+        """A bool tensor [vocab] of the tokens allowed next, or None when any token is."""
+
+    def advance(self, token_id: int) -> None: ...
+
+    def is_finished(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +28,31 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: Alternatives to report per generated token (0 = only the chosen one); None = no logprobs.
+    logprobs: int | None = None
+    #: Alternatives to report per prompt token (completions with echo); None = none.
+    prompt_logprobs: int | None = None
+    #: Makes one constraint per sequence; None when decoding is free.
+    constraint: Callable[[], TokenConstraint] | None = None
+    #: The structured-output request as vLLM takes it (GuidedDecodingParams keywords), if any.
+    guided: dict[str, Any] | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token's log-probability and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(slots=True)
@@ -29,7 +65,11 @@ class EngineRequest:
 
 @dataclass(slots=True)
 class EngineOutput:
-    """One step of one request: the text and tokens it added, and whether it is done."""
+    """One step of one sequence of a request: the text and tokens it added, and whether it is done.
+
+    A request with n sequences streams outputs for indexes 0..n-1; its stream ends when every
+    sequence has finished, or at one output with index -1 (the whole request aborted or failed).
+    """
 
     text: str
     token_ids: list[int] = field(default_factory=list)
@@ -38,6 +78,10 @@ class EngineOutput:
     completion_tokens: int = 0
     error: str | None = None
     engine_ms: float = 0.0  # the request's share of engine step time so far (accounting.py)
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    #: On a sequence's first output when asked for: the prompt's tokens (the first has no logprob).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class EngineError(Exception):
@@ -76,7 +120,22 @@ class Engine(abc.ABC):
     def encode(self, text: str) -> list[int]: ...
 
     @abc.abstractmethod
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]: ...
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The chat prompt; `tools` (OpenAI's shape) go to the chat template."""
+
+    #: Tokens the model knows (for logit_bias checks); 0 when unknown.
+    vocab_size: int = 0
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text as logprobs report it."""
+        return str(token_id)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer, for grammar compilation; None when the engine has none."""
+        return None
 
 
 class _Tokenizer(Protocol):

@@ -144,7 +144,9 @@ class EmbeddingEngine(Engine):
         a text and its token array give the same embedding and the same count."""
         return [*self._prefix, *token_ids, *self._suffix]
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         raise PromptRejected("this model makes embeddings; it has no chat template")
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

@@ -26,7 +26,9 @@ from inference.engine.base import (
     EngineRequest,
     FinishReason,
     IncrementalDetokenizer,
+    TokenLogprob,
 )
+from inference.engine.sampling import SequenceSampler, prompt_logprobs
 from wire.prompt import chat_prompt_ids, text_prompt_ids
 
 logger = logging.getLogger("inference.engine.torch")
@@ -40,7 +42,8 @@ class _Row:
     sink: asyncio.Queue[EngineOutput]
     detok: IncrementalDetokenizer
     length: int  # real tokens in the cache for this row
-    generator: Any = None
+    sampler: SequenceSampler
+    index: int = 0  # which of the request's n sequences
     generated: int = 0
     last_token: int = 0
     done: bool = False
@@ -80,12 +83,14 @@ class TorchEngine(Engine):
         self._sinks: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._outbox: list[tuple[asyncio.Queue[EngineOutput], EngineOutput]] = []
         self._running = 0
+        self._batch_masker: Any = None
         self._healthy = False
         self._stopping = False
         # Decode steps taken and rows decoded, for the batch-size metric and benchmarks.
         self.steps = 0
         self.rows_decoded = 0
         self.accounting = EngineAccounting()  # each step's wall time, split among its requests
+        self._rows_left: dict[str, int] = {}  # a request's sequences not yet finished (n > 1)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -125,6 +130,7 @@ class TorchEngine(Engine):
             elif isinstance(value, list | tuple):
                 eos.update(int(v) for v in value)
         self._eos = eos
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -152,9 +158,18 @@ class TorchEngine(Engine):
     def encode(self, text: str) -> list[int]:
         return text_prompt_ids(self._tokenizer, text)
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         # Raises PromptRejected when the chat template refuses the messages.
-        return chat_prompt_ids(self._tokenizer, messages)
+        return chat_prompt_ids(self._tokenizer, messages, tools=tools)
+
+    def token_text(self, token_id: int) -> str:
+        return str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -163,11 +178,14 @@ class TorchEngine(Engine):
         self._sinks[request.request_id] = sink
         self._inbox.put(("new", (request, sink)))
         finished = False
+        remaining = request.params.n
         try:
             while True:
                 out = await sink.get()
                 if out.finished:
-                    finished = True
+                    remaining -= 1
+                    # Index -1 ends the whole request (aborted or failed before it ran).
+                    finished = remaining <= 0 or out.index < 0
                 yield out
                 if finished:
                     return
@@ -202,7 +220,7 @@ class TorchEngine(Engine):
                 logger.exception("engine thread crashed")
                 self._healthy = False
                 # Nobody may wait forever on a dead engine.
-                failed = EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
+                failed = EngineOutput(text="", finished=True, finish_reason="error", error=str(exc), index=-1)
                 self._outbox = [(sink, failed) for sink in list(self._sinks.values())]
                 self._flush()
 
@@ -244,10 +262,8 @@ class TorchEngine(Engine):
                 aborted.clear()
             try:
                 for request, sink in new:
-                    row, row_cache = self._prefill(request, sink)
-                    if row.done:
-                        continue
-                    rows, cache, mask = self._merge(rows, cache, mask, row, row_cache)
+                    new_rows, row_cache = self._prefill(request, sink)
+                    rows, cache, mask = self._merge(rows, cache, mask, new_rows, row_cache)
                 self._flush()  # first tokens out before the next step
                 rows, cache, mask = self._filter(rows, cache, mask)
                 self._running = len(rows)
@@ -262,9 +278,10 @@ class TorchEngine(Engine):
                     self._finish(row, "error", error=str(exc))
                 for request, sink in new:
                     self.accounting.forget(request.request_id)  # a prefill may have been charged
+                    self._rows_left.pop(request.request_id, None)
                     if request.request_id in self._sinks:
                         self._loop_call(
-                            sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc))
+                            sink, EngineOutput(text="", finished=True, finish_reason="error", error=str(exc), index=-1)
                         )
                 rows, cache, mask = [], None, None
                 self._running = 0
@@ -274,7 +291,7 @@ class TorchEngine(Engine):
         self._outbox.append((sink, out))
 
     def _emit_abort(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> None:
-        self._loop_call(sink, EngineOutput(text="", finished=True, finish_reason="aborted"))
+        self._loop_call(sink, EngineOutput(text="", finished=True, finish_reason="aborted", index=-1))
 
     def _finish(self, row: _Row, reason: FinishReason, *, error: str | None = None) -> None:
         if row.done:
@@ -284,41 +301,88 @@ class TorchEngine(Engine):
         tail = row.detok.flush() if reason in ("length", "stop") else ""
         self._emit(
             row,
-            EngineOutput(text=tail, finished=True, finish_reason=reason, completion_tokens=row.generated, error=error),
+            EngineOutput(
+                text=tail,
+                finished=True,
+                finish_reason=reason,
+                completion_tokens=row.generated,
+                error=error,
+                index=row.index,
+            ),
         )
-        self.accounting.forget(row.request.request_id)
-
-    def _new_generator(self, request: EngineRequest) -> Any:
-        import torch
-
-        if request.params.temperature <= 0:
-            return None
-        generator = torch.Generator(device=self.device)
-        if request.params.seed is not None:
-            generator.manual_seed(request.params.seed)
+        left = self._rows_left.pop(row.request.request_id, 1) - 1
+        if left > 0:  # its other sequences still run and are still charged
+            self._rows_left[row.request.request_id] = left
         else:
-            generator.seed()
-        return generator
+            self.accounting.forget(row.request.request_id)
 
-    def _prefill(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> tuple[_Row, Any]:
+    def _prefill(self, request: EngineRequest, sink: asyncio.Queue[EngineOutput]) -> tuple[list[_Row], Any]:
+        """Run the prompt once; its n sequences share the result (the cache rows are copies)."""
         import torch
         from transformers import DynamicCache
 
-        row = _Row(
-            request=request,
-            sink=sink,
-            detok=IncrementalDetokenizer(self._tokenizer, request.params.stop),
-            length=len(request.prompt_ids),
-            generator=self._new_generator(request),
-        )
+        params = request.params
+        rows = [
+            _Row(
+                request=request,
+                sink=sink,
+                detok=IncrementalDetokenizer(self._tokenizer, params.stop),
+                length=len(request.prompt_ids),
+                sampler=SequenceSampler(params, index=i, device=self.device),
+                index=i,
+            )
+            for i in range(params.n)
+        ]
         ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
         # No config: plain full-attention layers whose tensors we can pad, concatenate and filter.
         cache = DynamicCache()
+        self._rows_left[request.request_id] = params.n
         started = self.accounting.begin()
         out = self._model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{self._cache_kw: cache})
         self.accounting.charge_since(started, [request.request_id])
-        self._accept(row, out.logits[0, -1, :])
-        return row, cache
+        if params.n > 1:
+            for layer in self._layers(cache):
+                layer.keys = layer.keys.repeat(params.n, 1, 1, 1)
+                layer.values = layer.values.repeat(params.n, 1, 1, 1)
+        prompt_lps = None
+        if params.prompt_logprobs is not None:
+            prompt_lps = prompt_logprobs(out.logits[0], request.prompt_ids, params.prompt_logprobs)
+        if params.max_tokens == 0:  # the prompt scored (echo), nothing generated
+            for row in rows:
+                self._emit(row, EngineOutput(text="", index=row.index, prompt_logprobs=prompt_lps))
+                self._finish(row, "length")
+            return [], cache
+        last = out.logits[0, -1, :]
+        for row in rows:
+            self._choose(row, last, prompt_lps=prompt_lps)
+        live = [r for r in rows if not r.done]
+        keep = torch.tensor([r.index for r in live], dtype=torch.long, device=self.device)
+        if live and len(live) < len(rows):
+            for layer in self._layers(cache):
+                layer.keys = layer.keys.index_select(0, keep)
+                layer.values = layer.values.index_select(0, keep)
+        return live, cache
+
+    def _choose(
+        self,
+        row: _Row,
+        logits: Any,
+        *,
+        greedy_token: int | None = None,
+        prompt_lps: list[TokenLogprob | None] | None = None,
+        masked: bool = False,
+    ) -> None:
+        import torch
+
+        logprob = None
+        sampler = row.sampler
+        if sampler.plain(masked=masked):
+            token = greedy_token if greedy_token is not None else int(torch.argmax(logits).item())
+            if sampler.constraint is not None:
+                sampler.accepted(token, logits.shape[-1])
+        else:
+            token, logprob = sampler.choose(logits, masked=masked)
+        self._accept(row, token, logprob, prompt_lps)
 
     def _decode(self, rows: list[_Row], cache: Any, mask: Any) -> Any:
         import torch
@@ -334,46 +398,49 @@ class TorchEngine(Engine):
         self.accounting.charge_since(started, [r.request.request_id for r in rows])
         self.steps += 1
         self.rows_decoded += len(rows)
+        constraints = [r.sampler.constraint for r in rows]
+        # Grammar rows: every mask of the step in one call, applied in place to those rows only.
+        masked = any(c is not None for c in constraints) and bool(self._masker(logits).apply(logits, constraints))
         greedy = torch.argmax(logits, dim=-1).tolist()
         for i, row in enumerate(rows):
             row.length += 1
-            self._accept(row, logits[i], greedy_token=greedy[i])
+            self._choose(row, logits[i], greedy_token=greedy[i], masked=masked)
         return full_mask
 
-    def _sample(self, row: _Row, logits: Any) -> int:
-        import torch
+    def _masker(self, logits: Any) -> Any:
+        if self._batch_masker is None:
+            from inference.structured import BatchMasker  # llguidance: loaded only once grammars are used
 
-        params = row.request.params
-        scaled = logits.float() / params.temperature
-        probs = torch.softmax(scaled, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_probs, dim=-1)
-            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            keep = cumulative - sorted_probs < params.top_p
-            sorted_probs = sorted_probs * keep
-            choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=row.generator)
-            return int(order[choice].item())
-        return int(torch.multinomial(probs, 1, generator=row.generator).item())
+            self._batch_masker = BatchMasker(int(logits.shape[-1]))
+        return self._batch_masker
 
-    def _accept(self, row: _Row, logits: Any, *, greedy_token: int | None = None) -> None:
-        import torch
-
-        if row.generator is None:
-            token = greedy_token if greedy_token is not None else int(torch.argmax(logits).item())
-        else:
-            token = self._sample(row, logits)
+    def _accept(
+        self,
+        row: _Row,
+        token: int,
+        logprob: TokenLogprob | None,
+        prompt_lps: list[TokenLogprob | None] | None = None,
+    ) -> None:
         row.generated += 1
         row.last_token = token
         if token in self._eos:
+            if prompt_lps is not None:  # the echo's logprobs still go out
+                self._emit(row, EngineOutput(text="", index=row.index, prompt_logprobs=prompt_lps))
             self._finish(row, "stop")
             return
         delta = row.detok.add(token)
-        if row.detok.stopped:
-            self._emit(row, EngineOutput(text=delta, token_ids=[token], completion_tokens=row.generated))
+        out = EngineOutput(
+            text=delta,
+            token_ids=[token],
+            completion_tokens=row.generated,
+            index=row.index,
+            logprobs=None if logprob is None else [logprob],
+            prompt_logprobs=prompt_lps,
+        )
+        self._emit(row, out)
+        if row.detok.stopped or row.sampler.grammar_done():
             self._finish(row, "stop")
             return
-        self._emit(row, EngineOutput(text=delta, token_ids=[token], completion_tokens=row.generated))
         # prompt + generated tokens may not exceed the context (row.length is one behind).
         if row.generated >= row.request.params.max_tokens or row.length + 1 >= self.context_length:
             self._finish(row, "length")
@@ -382,16 +449,21 @@ class TorchEngine(Engine):
     def _layers(cache: Any) -> list[Any]:
         return list(cache.layers)
 
-    def _merge(self, rows: list[_Row], cache: Any, mask: Any, row: _Row, row_cache: Any) -> tuple[list[_Row], Any, Any]:
+    def _merge(
+        self, rows: list[_Row], cache: Any, mask: Any, new_rows: list[_Row], row_cache: Any
+    ) -> tuple[list[_Row], Any, Any]:
         import torch
         import torch.nn.functional as F
 
-        row_mask = torch.ones((1, row.length), dtype=torch.long, device=self.device)
+        if not new_rows:
+            return rows, cache, mask
+        length = new_rows[0].length
+        row_mask = torch.ones((len(new_rows), length), dtype=torch.long, device=self.device)
         if not rows:
-            return [row], row_cache, row_mask
-        width = max(mask.shape[1], row.length)
+            return new_rows, row_cache, row_mask
+        width = max(mask.shape[1], length)
         pad_batch = width - mask.shape[1]
-        pad_row = width - row.length
+        pad_row = width - length
         for layer, new_layer in zip(self._layers(cache), self._layers(row_cache), strict=True):
             # Keys and values are [batch, heads, seq, head_dim]; pad the seq axis on the left with zeros.
             keys, values = layer.keys, layer.values
@@ -405,7 +477,7 @@ class TorchEngine(Engine):
             layer.keys = torch.cat([keys, new_keys], dim=0)
             layer.values = torch.cat([values, new_values], dim=0)
         mask = torch.cat([F.pad(mask, (pad_batch, 0)), F.pad(row_mask, (pad_row, 0))], dim=0)
-        return [*rows, row], cache, mask
+        return [*rows, *new_rows], cache, mask
 
     def _filter(self, rows: list[_Row], cache: Any, mask: Any) -> tuple[list[_Row], Any, Any]:
         import torch

@@ -1,6 +1,6 @@
 """Attribution through both planes: the `user` a chat request names reaches the ledger, and the
-usage API groups by it. (`safety_identifier` and `metadata` on chat pass the node and the journal,
-tests/inference/test_embeddings.py; on /v1/embeddings they pass the gateway too, test_embeddings.)"""
+usage API groups by it. (`safety_identifier` and `metadata` into the journal: tests/inference/
+test_embeddings.py; through both planes on /v1/embeddings: test_embeddings.)"""
 
 from __future__ import annotations
 

@@ -166,8 +166,8 @@ def test_models_lists_exactly_the_allowed_models(server: ControlPlane, node: Inf
     assert str(denied.value.message).replace("globex-private", "M") == str(missing.value.message).replace(
         "no-such-model", "M"
     )
-    with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="demo-llama", messages=[{"role": "user", "content": "x"}], n=2)
+    with pytest.raises(openai.BadRequestError) as bad:  # n above the plan cap (GATEWAY_MAX_N)
+        client.chat.completions.create(model="demo-llama", messages=[{"role": "user", "content": "x"}], n=9)
     assert bad.value.param == "n"
 
 

@@ -112,7 +112,7 @@ class FakeNode:
         if not body.get("stream"):
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             if chat:
-                choice["message"] = {"role": "assistant", "content": "".join(words)}
+                choice["message"] = {"role": "assistant", "content": "".join(words), "refusal": None}
             else:
                 choice["text"] = "".join(words)
             payload = {

@@ -14,8 +14,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
 
 from gateway.openapi import v1_document
-from gateway.protocol import CHAT_PARAMS, COMPLETION_PARAMS, ROLES, APIError, parse_body
-from wire.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import APIError, parse_body
+from wire.protocol import ROLES, ChatCompletionRequest, CompletionRequest
 
 DOC = v1_document()
 SCHEMAS = DOC["components"]["schemas"]
@@ -86,13 +86,26 @@ def test_every_documented_error_has_the_envelope() -> None:
     assert error["required"] == ["message", "type", "param", "code"]
 
 
-def test_request_schemas_list_exactly_the_gateways_parameters() -> None:
+def _fields(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def test_request_schemas_list_exactly_the_wire_models_parameters() -> None:
     chat, completion = SCHEMAS["ChatCompletionRequest"], SCHEMAS["CompletionRequest"]
-    assert set(chat["properties"]) == CHAT_PARAMS
-    assert set(completion["properties"]) == COMPLETION_PARAMS
-    for schema in (chat, completion, SCHEMAS["Message"], SCHEMAS["StreamOptionsBody"]):
+    assert set(chat["properties"]) == _fields(ChatCompletionRequest)
+    assert set(completion["properties"]) == _fields(CompletionRequest)
+    messages = [SCHEMAS[name] for name in ("SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")]
+    for schema in (chat, completion, SCHEMAS["StreamOptions"], *messages):
         assert schema["additionalProperties"] is False
-    assert set(SCHEMAS["Message"]["properties"]["role"]["enum"]) == ROLES
+    roles = set()
+    for schema in messages:
+        role = schema["properties"]["role"]
+        roles |= set(role.get("enum") or [role.get("const")])
+    assert roles == ROLES
+    assert {"logprobs", "top_logprobs", "logit_bias", "metadata", "user", "tools", "response_format"} <= set(
+        chat["properties"]
+    )
+    assert {"echo", "logprobs", "best_of"} <= set(completion["properties"])
     assert set(chat["required"]) == {"model", "messages"}
     assert set(completion["required"]) == {"model", "prompt"}
 
@@ -123,6 +136,16 @@ CHAT_CASES: list[dict[str, Any]] = [
     {"model": "m", "messages": MSG, "presence_penalty": "1"},
     {"model": "m", "messages": MSG, "n": 1, "seed": 7, "user": "u", "stop": ["a", "b"]},
     {"model": "m", "messages": MSG, "n": 2},
+    {"model": "m", "messages": MSG, "n": 8},
+    {"model": "m", "messages": MSG, "n": 9},
+    {"model": "m", "messages": MSG, "logprobs": True, "top_logprobs": 20},
+    {"model": "m", "messages": MSG, "logprobs": True, "top_logprobs": 21},
+    {"model": "m", "messages": MSG, "top_logprobs": 3},
+    {"model": "m", "messages": MSG, "logprobs": False, "tools": None, "response_format": {"type": "text"}},
+    {"model": "m", "messages": MSG, "logit_bias": {"5": -100, "7": 100}},
+    {"model": "m", "messages": MSG, "metadata": {"team": "search"}, "user": "u1", "safety_identifier": "h"},
+    {"model": "m", "messages": MSG, "audio": None, "modalities": ["text"], "store": False, "service_tier": "auto"},
+    {"model": "m", "messages": MSG, "audio": {"voice": "alloy"}},
     {"model": "m", "messages": MSG, "seed": 1.5},
     {"model": "m", "messages": MSG, "user": 3},
     {"model": "m", "messages": MSG, "stop": ["a", "b", "c", "d", "e"]},
@@ -142,6 +165,12 @@ COMPLETION_CASES: list[dict[str, Any]] = [
     {"model": "m", "prompt": "hi", "messages": MSG},
     {"model": "m", "prompt": "hi", "max_completion_tokens": 3},
     {"model": "m", "prompt": "hi", "max_tokens": 3, "stream": False},
+    {"model": "m", "prompt": "hi", "echo": True, "logprobs": 2, "n": 3, "best_of": 3},
+    {"model": "m", "prompt": "hi", "logprobs": 6},
+    {"model": "m", "prompt": [[1, 2, 3]]},
+    {"model": "m", "prompt": "hi", "suffix": None},
+    {"model": "m", "prompt": "hi", "echo": True, "max_tokens": 0, "logprobs": 0},
+    {"model": "m", "prompt": "hi", "max_tokens": 0},
 ]
 
 
@@ -155,14 +184,24 @@ def test_completion_schema_takes_what_the_gateway_takes(body: dict[str, Any]) ->
     _agree("CompletionRequest", CompletionRequest, body, chat=False)
 
 
+def _cross_field(body: dict[str, Any]) -> bool:
+    """Rules the schema states in words only (validators): the gateway refuses them with a 400."""
+    return (
+        ("stream_options" in body and body.get("stream") is not True)
+        or (
+            "max_tokens" in body
+            and "max_completion_tokens" in body
+            and body["max_tokens"] != body["max_completion_tokens"]
+        )
+        or bool(body.get("top_logprobs") and not body.get("logprobs"))
+        or (body.get("max_tokens") == 0 and "prompt" in body and body.get("echo") is not True)
+    )
+
+
 def _agree(name: str, wire_model: type[BaseModel], body: dict[str, Any], *, chat: bool) -> None:
     forwarded = dict(body)
     takes = _gateway_takes(forwarded, chat=chat)
-    # Cross-field rules the schema states in words only: the gateway refuses them with a 400.
-    cross_field = ("stream_options" in body and body.get("stream") is not True) or (
-        "max_tokens" in body and "max_completion_tokens" in body and body["max_tokens"] != body["max_completion_tokens"]
-    )
-    assert takes == (_valid(name, body) and not cross_field), body
+    assert takes == (_valid(name, body) and not _cross_field(body)), body
     if takes:
         # And the node takes what the gateway forwards.
         parsed = parse_body(orjson.dumps(body), chat=chat)
@@ -203,7 +242,7 @@ def test_response_schemas_require_what_openai_requires(name: str, openai_type: t
 def test_a_node_answer_matches_the_schemas() -> None:
     answer = {
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "system_fingerprint": "v1",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "logprobs": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None}, "logprobs": None,
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }  # fmt: skip

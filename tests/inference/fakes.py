@@ -43,7 +43,9 @@ class GatedEngine(Engine):
     def encode(self, text: str) -> list[int]:
         return list(text.encode())
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         return self.encode("".join(f"{m['role']}:{m['content']}\n" for m in messages))
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

@@ -118,12 +118,12 @@ async def test_stop_sequences_over_http(node: InferenceNode) -> None:
 
 BAD_INPUTS = [
     pytest.param(b"{not json", 400, None, "invalid_json", id="malformed-json"),
-    pytest.param({"model": "demo-llama", "messages": "hi"}, 400, "messages", "invalid_value", id="messages-not-list"),
+    pytest.param({"model": "demo-llama", "messages": "hi"}, 400, "messages", "invalid_type", id="messages-not-list"),
     pytest.param(
         {"model": "demo-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"},
         400,
         "max_tokens",
-        "invalid_value",
+        "invalid_type",
         id="max-tokens-string",
     ),
     pytest.param(
@@ -162,11 +162,11 @@ BAD_INPUTS = [
         id="prompt-plus-max-tokens-too-long",
     ),
     pytest.param(
-        {"model": "demo-llama", "messages": [{"role": "user", "content": "hi"}], "n": 2},
+        {"model": "demo-llama", "messages": [{"role": "user", "content": "hi"}], "n": 200},
         400,
         "n",
         "invalid_value",
-        id="n-2",
+        id="n-above-128",
     ),
     pytest.param(
         {"model": "demo-llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 3},
@@ -178,7 +178,7 @@ BAD_INPUTS = [
     pytest.param(
         {"model": "demo-llama", "messages": [{"role": "wizard", "content": "hi"}]},
         400,
-        "messages.0.role",
+        "messages[0].role",
         "invalid_value",
         id="unknown-role",
     ),

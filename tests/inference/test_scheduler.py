@@ -278,3 +278,20 @@ def test_only_the_fair_policy_reserves_a_slot(policy: str, heavy_slots: int) -> 
     engine.step()
     assert scheduler.running_of("light") == 0
     assert scheduler.running_of("heavy") == heavy_slots
+
+
+def test_a_request_with_n_choices_takes_n_rows() -> None:
+    clock = FakeClock()
+    scheduler = FairScheduler(capacity=4, clock=clock)
+    three = Ticket(request_id="n3", tenant="a", prompt_tokens=5, slots=3)
+    one = Ticket(request_id="n1", tenant="b", prompt_tokens=5)
+    two = Ticket(request_id="n2", tenant="c", prompt_tokens=5, slots=2)
+    for ticket in (three, one, two):
+        scheduler.admit(ticket)
+    assert scheduler.pop_next() is three
+    assert scheduler.pop_next() is one  # 3 + 1 rows fill the batch of 4
+    assert scheduler.pop_next() is None and scheduler.running == 4
+    scheduler.finish(one)
+    assert scheduler.pop_next() is None  # one free row is not enough for two choices
+    scheduler.finish(three)
+    assert scheduler.pop_next() is two and scheduler.running == 2
