@@ -1,6 +1,6 @@
-"""Attribution through both planes: the `user` a chat request names reaches the ledger, and the
-usage API groups by it. (`safety_identifier` and `metadata` into the journal: tests/inference/
-test_embeddings.py; through both planes on /v1/embeddings: test_embeddings.)"""
+"""Attribution through both planes: the `user` / `safety_identifier` and `metadata` of chat and
+completions requests reach the ledger, and the usage API groups and filters by them (embeddings:
+test_embeddings)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
         yield cp
 
 
-def test_chat_user_reaches_the_ledger_and_the_usage_api(
+def test_chat_and_completions_attribution_reaches_the_ledger_and_the_usage_api(
     server: ControlPlane, node: InferenceNode, settings: Any
 ) -> None:
     from billing.models import UsageRecord
@@ -57,11 +57,20 @@ def test_chat_user_reaches_the_ledger_and_the_usage_api(
     messages = [{"role": "user", "content": "hi"}]
     for user in ("carol", "carol", "dave"):
         client.chat.completions.create(model="demo-llama", messages=messages, max_tokens=2, user=user)  # type: ignore[arg-type]
+    # safety_identifier wins over user; metadata tags the request.
+    client.chat.completions.create(
+        model="demo-llama", messages=messages, max_tokens=2, user="ignored",  # type: ignore[arg-type]
+        safety_identifier="hashed-erin", metadata={"team": "search"},
+    )  # fmt: skip
+    client.completions.create(
+        model="demo-llama", prompt="hi", max_tokens=2, user="carol", extra_body={"metadata": {"team": "ads"}}
+    )
 
     settings.INFERENCE_SHARED_SECRET = DEFAULT_SECRET
     usage_ingest_node(registered)
     rows = UsageRecord.objects.filter(tenant=tenant)
-    assert sorted(rows.values_list("end_user", flat=True)) == ["carol", "carol", "dave"]
+    assert sorted(rows.values_list("end_user", flat=True)) == ["carol", "carol", "carol", "dave", "hashed-erin"]
+    assert rows.get(end_user="hashed-erin").metadata == {"team": "search"}
     viewer = factories.session_client(users[Role.VIEWER])
     day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))  # from yesterday: midnight-proof
     body = viewer.get(f"/api/v1/tenants/{tenant.slug}/usage?start={day}&group_by=user").json()
@@ -69,4 +78,6 @@ def test_chat_user_reaches_the_ledger_and_the_usage_api(
     for bucket in body["data"]:
         for result in bucket["results"]:
             per_user[result["user"]] = per_user.get(result["user"], 0) + result["num_model_requests"]
-    assert per_user == {"carol": 2, "dave": 1}
+    assert per_user == {"carol": 3, "dave": 1, "hashed-erin": 1}
+    tagged = viewer.get(f"/api/v1/tenants/{tenant.slug}/usage?start={day}&metadata.team=search&group_by=user").json()
+    assert [r["user"] for b in tagged["data"] for r in b["results"]] == ["hashed-erin"]
