@@ -167,6 +167,34 @@ def read_inference(data: dict[str, Any]) -> list[Figure]:
             bars={n: shares[n] * 100 for n in sorted(shares)},
         ),
         *(_batching_figure(name, results) for name, results in models.items() if name != "demo"),
+        *(read_embeddings(data["embeddings"]) if "embeddings" in data else []),
+    ]
+
+
+def read_embeddings(best: dict[str, float]) -> list[Figure]:
+    vs_direct = best["engine_64"] / best["direct_64"]
+    vs_one = best["concurrent"] / best["one_at_a_time"]
+    return [
+        Figure(
+            "embeddings, batch 64 (all-MiniLM-L6-v2)",
+            best["engine_64"],
+            "inputs/s",
+            target="≥ 0.9x transformers directly",
+            met=vs_direct >= 0.9,
+            peer=f"transformers directly {best['direct_64']:.0f} inputs/s ({vs_direct:.2f}x); batch 1: "
+            f"{best['engine_1']:.0f} vs {best['direct_1']:.0f} inputs/s",
+            bars={"engine": best["engine_64"], "transformers": best["direct_64"]},
+        ),
+        Figure(
+            "embeddings, 64 concurrent single-input callers",
+            best["concurrent"],
+            "inputs/s",
+            target="≥ 5x one at a time",
+            met=vs_one >= 5,
+            peer=f"one at a time {best['one_at_a_time']:.0f} inputs/s ({vs_one:.2f}x), "
+            f"{best['forward_passes_64_callers']:.0f} forward passes",
+            bars={"64 concurrent": best["concurrent"], "one at a time": best["one_at_a_time"]},
+        ),
     ]
 
 

@@ -6,12 +6,14 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing.models import Bucket, Invoice, InvoiceLine, Plan, Price, Subscription, UsageRollup
 from billing.money import month_next, month_start
+from billing.usage_attribution import AttributionQuery, ledger_usage_rows
 from core.errors import NotFound
 from tenants.models import Tenant
 
@@ -140,6 +142,8 @@ class UsageResult:
     cost: Decimal
     model: str | None = None
     api_key_id: int | None = None
+    user: str | None = None  # the end user, when grouped by user ("" for unattributed usage)
+    tags: dict[str, str | None] | None = None  # the grouped metadata tags' values
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +162,27 @@ def usage_buckets(
     group_by: list[str],
     model: str | Collection[str] | None = None,
     key: int | Collection[int] | None = None,
+    attribution: AttributionQuery | None = None,
 ) -> list[UsageBucket]:
-    """Every bucket in [start, end) (empty ones too), grouped by model and/or key, from rollups.
+    """Every bucket in [start, end) (empty ones too), grouped by model and/or key, from rollups;
+    grouped or filtered by end user or metadata tags (`attribution`), from the ledger.
 
     `model` and `key` narrow the usage to one model name or key id, or to any of several; key 0
     is usage made without a key. An empty collection matches nothing.
     """
     step = timedelta(hours=1) if bucket == Bucket.HOUR else timedelta(days=1)
+    if attribution is not None and attribution.needed():
+        rows = ledger_usage_rows(
+            tenant=tenant,
+            start=start,
+            end=end,
+            bucket=bucket,
+            group_by=group_by,
+            attribution=attribution,
+            model=[model] if isinstance(model, str) else model,
+            key=[key] if isinstance(key, int) else key,
+        )
+        return _bucketed(rows, start, end, step, attribution)
     fields = ["bucket_start"] + [("model_name" if g == "model" else "key_id") for g in group_by]
     qs = UsageRollup.objects.filter(tenant=tenant, bucket=bucket, bucket_start__gte=start, bucket_start__lt=end)
     if model is not None:
@@ -176,6 +194,17 @@ def usage_buckets(
         .annotate(inp=Sum("input_tokens"), out=Sum("output_tokens"), n=Sum("requests"), cost=Sum("cost"), c=Count("id"))
         .order_by(*fields)
     )
+    return _bucketed(rows, start, end, step, None)
+
+
+def _bucketed(
+    rows: Iterable[dict[str, Any]],
+    start: datetime,
+    end: datetime,
+    step: timedelta,
+    attribution: AttributionQuery | None,
+) -> list[UsageBucket]:
+    grouped_tags = attribution.group_tags if attribution is not None else ()
     by_start: dict[datetime, list[UsageResult]] = {}
     for row in rows:
         by_start.setdefault(row["bucket_start"], []).append(
@@ -186,6 +215,8 @@ def usage_buckets(
                 cost=row["cost"] or Decimal(0),
                 model=row.get("model_name"),
                 api_key_id=(row["key_id"] or None) if "key_id" in row else None,
+                user=row.get("end_user"),
+                tags={tag: row[f"tag{i}"] for i, tag in enumerate(grouped_tags)} if grouped_tags else None,
             )
         )
     buckets: list[UsageBucket] = []

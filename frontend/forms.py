@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 
 from tenants.permissions import Role
+from wire.usage import END_USER_MAX, METADATA_MAX_KEY, METADATA_MAX_VALUE
 
 
 class SignInForm(AuthenticationForm):
@@ -180,6 +181,19 @@ class UsageFilterForm(forms.Form):
     bucket = forms.ChoiceField(label="Per", choices=[("day", "Day"), ("hour", "Hour")], initial="day")
     model = forms.ChoiceField(label="Model", required=False)
     key = forms.TypedChoiceField(label="API key", required=False, coerce=int, empty_value=None)
+    # Attribution: what the client sent as `user` / `safety_identifier` and `metadata`.
+    group = forms.ChoiceField(
+        label="Group by",
+        required=False,
+        choices=[("", "Model and key"), ("user", "End user"), ("tag", "Metadata tag")],
+    )
+    group_tag = forms.CharField(
+        label="Tag to group by", required=False, max_length=METADATA_MAX_KEY, help_text="a metadata key, e.g. team"
+    )
+    end_user = forms.CharField(label="End user", required=False, max_length=END_USER_MAX)
+    tag = forms.CharField(
+        label="Tag", required=False, max_length=METADATA_MAX_KEY + 1 + METADATA_MAX_VALUE, help_text="key=value"
+    )
 
     def __init__(self, *args: Any, models: list[str], keys: list[tuple[int, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -190,8 +204,22 @@ class UsageFilterForm(forms.Form):
         model_field.choices = [("", "All models"), *((m, m) for m in models)]
         key_field.choices = [("", "All keys"), *((str(k), label) for k, label in keys)]
 
+    def clean_tag(self) -> tuple[str, str] | None:
+        raw = self.cleaned_data.get("tag") or ""
+        if not raw:
+            return None
+        name, sep, value = raw.partition("=")
+        name = name.strip()
+        if not sep or not name or len(name) > METADATA_MAX_KEY or len(value) > METADATA_MAX_VALUE:
+            raise forms.ValidationError(
+                f"Write the tag as key=value (a key of 1 to {METADATA_MAX_KEY} characters), e.g. team=search."
+            )
+        return name, value
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if data.get("group") == "tag" and not data.get("group_tag"):
+            self.add_error("group_tag", "Name the metadata key to group by.")
         start, end, bucket = data.get("start"), data.get("end"), data.get("bucket")
         if start and end:
             if start > end:

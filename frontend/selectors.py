@@ -15,8 +15,9 @@ from typing import Any
 from django.utils import timezone
 
 from billing.money import currency_or_default, month_start
-from billing.selectors import PlanPrices, plan_list, tenant_plan_get, usage_buckets, usage_summary_month
+from billing.selectors import PlanPrices, UsageResult, plan_list, tenant_plan_get, usage_buckets, usage_summary_month
 from billing.services.spend import month_to_date
+from billing.usage_attribution import AttributionQuery
 from gateway.models import InferenceNode, NodeState
 from gateway.selectors import model_list_for_tenant, node_list
 from tenants.models import APIKey, Tenant
@@ -171,6 +172,18 @@ class UsageRow:
     input_tokens: int
     output_tokens: int
     cost: Decimal
+    group: str = ""  # the end user or tag value, when the report is grouped by one
+
+
+def _key_label(key_id: int | None, key_labels: dict[int, str]) -> str:
+    return key_labels.get(key_id, f"key #{key_id}") if key_id else "no key"
+
+
+def _group_label(result: UsageResult) -> str:
+    if result.tags is not None:
+        value = next(iter(result.tags.values()), None)
+        return "(untagged)" if value is None else value
+    return result.user or "(no end user)"
 
 
 def usage_report(
@@ -182,10 +195,20 @@ def usage_report(
     model: str | None,
     key_id: int | None,
     key_labels: dict[int, str],
+    attribution: AttributionQuery | None = None,
 ) -> tuple[list[UsageRow], dict[str, Any]]:
-    """Rows per bucket, model and key in [start, end) narrowed to one model or key, and a chart."""
+    """Rows per bucket, model and key in [start, end) narrowed to one model or key, and a chart;
+    with `attribution`, grouped by end user or a tag and narrowed to one of each."""
+    grouped = attribution is not None and (attribution.group_user or bool(attribution.group_tags))
     buckets = usage_buckets(
-        tenant=tenant, start=start, end=end, bucket=bucket, group_by=["model", "key"], model=model, key=key_id
+        tenant=tenant,
+        start=start,
+        end=end,
+        bucket=bucket,
+        group_by=["model"] if grouped else ["model", "key"],
+        model=model,
+        key=key_id,
+        attribution=attribution,
     )
     rows: list[UsageRow] = []
     labels: list[str] = []
@@ -201,11 +224,12 @@ def usage_report(
                 UsageRow(
                     start=b.start,
                     model=r.model or "",
-                    key_label=key_labels.get(r.api_key_id, f"key #{r.api_key_id}") if r.api_key_id else "no key",
+                    key_label=_key_label(r.api_key_id, key_labels) if not grouped else "",
                     requests=r.requests,
                     input_tokens=r.input_tokens,
                     output_tokens=r.output_tokens,
                     cost=r.cost,
+                    group=_group_label(r) if grouped else "",
                 )
             )
     chart = chart_config(

@@ -11,7 +11,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -19,7 +19,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from gateway.conf import conf
-from gateway.protocol import ParsedRequest, error_response
+from gateway.protocol import error_response
 from gateway.quota import Decision, backend
 from gateway.registry import ModelRoute, NodeInfo, Snapshot, VersionRoute, registry
 from tenants.types import KeyContext
@@ -84,10 +84,21 @@ def attempt_id_new() -> str:
     return str(uuid.UUID(int=value))
 
 
+class Forwardable(Protocol):
+    """What forwarding reads of a checked request (a generation's or an embeddings one)."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    body: dict[str, Any]
+
+    def prompt_estimate(self) -> int: ...
+
+
 class Forward:
     """One admitted request on its way to a node and back."""
 
-    def __init__(self, ctx: KeyContext, parsed: ParsedRequest, decision: Decision, request_id: str, path: str) -> None:
+    def __init__(self, ctx: KeyContext, parsed: Forwardable, decision: Decision, request_id: str, path: str) -> None:
         self.ctx = ctx
         self.parsed = parsed
         self.decision = decision

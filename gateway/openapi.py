@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.conf import conf
+from gateway.openapi_embeddings import embeddings_document_add
 from wire.protocol import ChatCompletionRequest, CompletionRequest
 
 _REF = "#/components/schemas/{model}"
@@ -335,4 +336,6 @@ def _document() -> dict[str, Any]:
 
 def v1_document() -> dict[str, Any]:
     """The document (a fresh copy: callers may not change the cached one)."""
-    return copy.deepcopy(_document())
+    doc = copy.deepcopy(_document())
+    embeddings_document_add(doc, errors=copy.deepcopy(_GENERATE_ERRORS), headers=copy.deepcopy(_SERVED_HEADERS))
+    return doc

@@ -25,6 +25,7 @@ from gateway.access import (
     rate_limit_error,
 )
 from gateway.conf import conf
+from gateway.embeddings import embedding_limits_check, embedding_parse, embedding_tokens
 from gateway.forward import Forward
 from gateway.metrics import QUOTA_REJECTIONS, TENANT_THROTTLED
 from gateway.protocol import APIError, error_response, parse_body
@@ -137,6 +138,58 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
         try:
             with span("gateway.quota_admission"):
                 decision = await backend().admit(subjects_for(ctx), tokens=reserve)
+        except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
+            logger.exception("gateway: quota admission failed")
+            raise APIError(
+                503,
+                "The rate limiter is unavailable. Please retry shortly.",
+                type="server_error",
+                code="service_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
+        if not decision.admitted:
+            QUOTA_REJECTIONS.labels(str(ctx.tenant_id), decision.code, decision.reason).inc()
+            raise rate_limit_error(decision)
+    except APIError as exc:
+        return await _error_with_headers(exc, ctx)
+    forward = Forward(ctx, parsed, decision, request_id, request.path_info)
+    return await forward.run(snap, route)
+
+
+# --- /v1/embeddings --------------------------------------------------------------------------------
+async def handle_embeddings(request: HttpRequest) -> HttpResponseBase:
+    """Key, scope, model access, quotas and routing exactly as for chat; the body is the wire's model."""
+    ctx: KeyContext | None = None
+    try:
+        if request.method != "POST":
+            raise APIError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
+        ctx = await authenticate(request)
+        body, parsed = embedding_parse(_read_body(request))
+        snap = await _snapshot(fresh=False)
+        try:
+            route = model_check(snap, ctx, parsed.model)
+        except APIError:
+            snap = await _snapshot(fresh=True)
+            route = model_check(snap, ctx, parsed.model)
+        if not any(v.node_ids for v in route.versions):
+            snap = await _snapshot(fresh=True)
+            route = snap.models.get(parsed.model, route)
+        throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
+        if throttled:
+            TENANT_THROTTLED.labels(str(ctx.tenant_id)).inc()
+            raise APIError(
+                429,
+                "Too many of your recent requests failed at the inference nodes. Please try again later.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(max(1, math.ceil(throttled)))},
+            )
+        request_id = getattr(request, "request_id", None) or request_id_from(request)
+        parsed.prompt_tokens = await embedding_tokens(route, body, parsed.prompt_bytes)
+        embedding_limits_check(parsed, ctx)
+        try:
+            # Prompt tokens only: an embedding has no output tokens to reserve.
+            decision = await backend().admit(subjects_for(ctx), tokens=parsed.prompt_estimate())
         except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
             logger.exception("gateway: quota admission failed")
             raise APIError(

@@ -7,6 +7,7 @@ from gateway import views
 urlpatterns: list[URLPattern] = [
     path("chat/completions", views.chat_completions, name="v1-chat-completions"),
     path("completions", views.completions, name="v1-completions"),
+    path("embeddings", views.embeddings, name="v1-embeddings"),
     path("models", views.models, name="v1-models"),
     path("models/<path:model>", views.model_detail, name="v1-model-detail"),
     path("openapi.json", views.openapi_document, name="v1-openapi"),

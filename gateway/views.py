@@ -25,6 +25,11 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
 
 
 @csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
+    return await proxy.handle_embeddings(request)
+
+
+@csrf_exempt
 async def models(request: HttpRequest) -> HttpResponse:
     return await proxy.handle_models(request)
 

@@ -21,14 +21,18 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from inference.config import NodeConfig
+from inference.embedding_serving import embeddings_create
 from inference.engine.base import Engine
+from inference.engine.embedding_engine import EmbeddingEngine
 from inference.journal import Journal
 from inference.metrics import Metrics
 from inference.replay import ReplayCache
 from inference.scheduler import AsyncScheduler, FairScheduler, QueueBudget
 from inference.serving import Generation, ModelRegistry, NodeLifecycle, OpenAIServing, ServedModel
 from inference.telemetry import request_bind
+from wire.attribution import attribution_parse
 from wire.context import SignedContext
+from wire.embeddings import embedding_request_parse
 from wire.errors import APIError
 from wire.logs import log_bind
 from wire.protocol import ChatCompletionRequest, CompletionRequest, RequestInvalid, parse_body
@@ -134,6 +138,15 @@ def _default_engine(spec: Any) -> Engine:
         from inference.engine.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path=spec.path, options=spec.options)
+    if spec.engine == "embedding":
+        return EmbeddingEngine(
+            model_path=spec.path,
+            max_batch_size=spec.options.max_batch_size,
+            device=spec.options.device,
+            dtype=spec.options.dtype if spec.options.dtype != "auto" else "float32",
+            threads=spec.options.threads,
+            batch_window_ms=spec.options.batch_window_ms,
+        )
     from inference.engine.torch_engine import TorchEngine
 
     opts = spec.options
@@ -180,6 +193,8 @@ def build_node(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             )
         )
         metrics.watch_batch(name, version, engine.running)
+        if isinstance(engine, EmbeddingEngine):
+            metrics.watch_embedding(name, version, engine.counts)
     defaults = {}
     for spec in config.models:
         default = config.default_version(spec.name)
@@ -333,6 +348,10 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
         ctx = await _authenticate(request, node, body_bytes)
         try:
             body = parse_body(model_cls, body_bytes)
+            # As the journal and the ledger hold it (an end user of at most 256 characters).
+            attribution = attribution_parse(
+                {"user": body.user, "safety_identifier": body.safety_identifier, "metadata": body.metadata}
+            )
         except RequestInvalid as exc:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
         log_bind(model=body.model)
@@ -343,6 +362,7 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
             async def work() -> Response:
                 nonlocal handed_off
                 gen = await start(ctx, body)
+                gen.attribution = attribution
                 headers = {"x-request-id": gen.ticket.request_id, "x-mmorch-model-version": gen.model.version}
                 if body.streaming:
                     gen.streaming = True
@@ -375,6 +395,26 @@ def create_app(config: NodeConfig, *, engine_factory: EngineFactory = _default_e
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await _openai(request, node.serving.start_completion, CompletionRequest)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        body_bytes = await _read_body(request, node)
+        ctx = await _authenticate(request, node, body_bytes)
+        try:
+            body = embedding_request_parse(body_bytes)
+        except RequestInvalid as exc:
+            raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+        node.state.inflight += 1
+        try:
+
+            async def work() -> Response:
+                payload = await embeddings_create(node.serving, ctx, body)
+                headers = {"x-request-id": ctx.request_id} if ctx.request_id else None
+                return Response(payload, media_type="application/json", headers=headers)
+
+            return await guard_disconnect(request, work())
+        finally:
+            node.state.inflight -= 1
 
     @app.post("/v1/tokenize")
     async def tokenize(request: Request) -> Response:

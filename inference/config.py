@@ -23,6 +23,8 @@ class EngineOptions(BaseModel):
     device: str = Field(default="cpu", min_length=1)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     threads: int = Field(default=0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    # Embedding models: how long the first waiting request holds a batch open for others to join.
+    batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
     # Passed through to vLLM's AsyncEngineArgs (for example gpu_memory_utilization).
     vllm_args: dict[str, Any] = Field(default_factory=dict)
 
@@ -33,7 +35,8 @@ class ModelSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     version: str = Field(default="v1", min_length=1, max_length=200)
     path: Path
-    engine: Literal["torch", "vllm"] = "torch"
+    # "embedding": a sentence encoder served on /v1/embeddings (inference/engine/embedding_engine.py).
+    engine: Literal["torch", "vllm", "embedding"] = "torch"
     default: bool = False
     options: EngineOptions = Field(default_factory=EngineOptions)
 
@@ -136,6 +139,7 @@ OPTION_ENV = {
     "INFERENCE_DEVICE": "device",
     "INFERENCE_DTYPE": "dtype",
     "INFERENCE_THREADS": "threads",
+    "INFERENCE_BATCH_WINDOW_MS": "batch_window_ms",
 }
 MODEL_ENV = {
     "INFERENCE_MODEL_NAME": "name",

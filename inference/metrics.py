@@ -7,9 +7,10 @@ so a platform with thousands of tenants cannot blow up Prometheus' series count.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -85,6 +86,8 @@ class Metrics:
             registry=self.registry,
         )
         self.draining = Gauge("mmorch_inference_draining", "1 while the node drains.", registry=self.registry)
+        self._embedding = _EmbeddingPasses()
+        self.registry.register(self._embedding)
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant's label value: its own name while there is room, else `other`."""
@@ -97,3 +100,32 @@ class Metrics:
 
     def watch_batch(self, model: str, version: str, running: Callable[[], int]) -> None:
         self.batch_size.labels(model, version).set_function(lambda: float(running()))
+
+    def watch_embedding(self, model: str, version: str, counts: Callable[[], tuple[int, int]]) -> None:
+        """An embedding engine's (batches, forward passes) so far: how well concurrent requests batch."""
+        self._embedding.sources.append((model, version, counts))
+
+
+class _EmbeddingPasses:
+    """Read from the engines at scrape time: they count on their own thread, without a lock."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, str, Callable[[], tuple[int, int]]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily(
+            "mmorch_inference_embedding_batches",
+            "Batches the embedding batcher formed.",
+            labels=("model", "model_version"),
+        )
+        passes = CounterMetricFamily(
+            "mmorch_inference_embedding_forward_passes",
+            "Forward passes of embedding engines (a batch is one or more).",
+            labels=("model", "model_version"),
+        )
+        for model, version, counts in self.sources:
+            formed, run = counts()
+            batches.add_metric([model, version], formed)
+            passes.add_metric([model, version], run)
+        yield batches
+        yield passes

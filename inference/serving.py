@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
+from inference.engine.embedding_engine import ENGINE_KIND_EMBEDDING
 from inference.journal import Journal, utc_iso
 from inference.metrics import Metrics
 from inference.responses import response_collect, response_stream, structured_module
 from inference.scheduler import AdmissionError, AsyncScheduler, Ticket
 from inference.telemetry import request_finished
+from wire.attribution import Attribution
 from wire.context import SignedContext
 from wire.errors import APIError
 from wire.prompt import PromptRejected
@@ -95,6 +97,8 @@ class Generation:
     recorded: bool = False
     closed: bool = False
     streaming: bool = False  # tokens reach the client as they come
+    # Who the client says the request is for; journaled with its usage.
+    attribution: Attribution = field(default_factory=Attribution)
     text_parts: list[str] = field(default_factory=list)
     engine_ms: float = 0.0  # engine step time charged to this request (inference/engine/accounting.py)
 
@@ -183,6 +187,8 @@ class Generation:
             duration_ms=round((now - self.arrival) * 1000, 3),
             started_at=utc_iso(self.arrival_wall),
             finished_at=utc_iso(self.arrival_wall + (now - self.arrival)),
+            end_user=self.attribution.end_user(),
+            metadata=self.attribution.tags(),
             engine_ms=round(self.engine_ms, 3),
             # The gateway's trace; the node's own when the gateway does not trace.
             trace_id=trace_id_of(self.ctx.traceparent) or trace_id_current(),
@@ -369,9 +375,21 @@ class OpenAIServing:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         return prompt_ids
 
+    def resolve_generative(self, name: str, version: str) -> ServedModel:
+        """A model that generates text; an embedding model asked for chat or completions is a 400."""
+        served = self.registry.resolve(name, version)
+        if getattr(served.engine, "kind", "") == ENGINE_KIND_EMBEDDING:
+            raise APIError(
+                400,
+                f"The model `{served.name}` makes embeddings only; call /v1/embeddings.",
+                param="model",
+                code="model_not_supported",
+            )
+        return served
+
     def tokenize(self, ctx: SignedContext, body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
         """`POST /v1/tokenize`: the prompt's token count, by exactly the code generation uses."""
-        served = self.registry.resolve(body.model, ctx.model_version)
+        served = self.resolve_generative(body.model, ctx.model_version)
         count = len(self.prompt_ids(served, body))
         return {
             "model": served.name,
@@ -382,11 +400,11 @@ class OpenAIServing:
         }
 
     async def start_chat(self, ctx: SignedContext, body: ChatCompletionRequest) -> Generation:
-        served = self.registry.resolve(body.model, ctx.model_version)
+        served = self.resolve_generative(body.model, ctx.model_version)
         return await self._admit(ctx, served, self.prompt_ids(served, body), body.requested_max_tokens(), body)
 
     async def start_completion(self, ctx: SignedContext, body: CompletionRequest) -> Generation:
-        served = self.registry.resolve(body.model, ctx.model_version)
+        served = self.resolve_generative(body.model, ctx.model_version)
         return await self._admit(ctx, served, self.prompt_ids(served, body), body.requested_max_tokens(), body)
 
     # -- responses -------------------------------------------------------------------------------

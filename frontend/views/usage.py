@@ -1,10 +1,11 @@
-"""Usage: date range, model and key filters, chart, table, CSV download."""
+"""Usage: date range, model, key, end-user and tag filters, grouping, chart, table, CSV download."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -12,6 +13,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from billing.exports import csv_stream
+from billing.usage_attribution import AttributionQuery
 from frontend.access import tenant_page
 from frontend.forms import UsageFilterForm
 from frontend.selectors import UsageRow, plan_currency, tenant_model_names, usage_report
@@ -22,14 +24,53 @@ from tenants.selectors import key_list
 CSV_COLUMNS = ("bucket_start", "model", "key", "requests", "input_tokens", "output_tokens", "cost", "currency")
 
 
-def _csv_lines(rows: list[UsageRow], currency: str) -> Iterator[str]:
+def _csv_lines(rows: list[UsageRow], currency: str, group_header: str) -> Iterator[str]:
+    if not group_header:
+        return csv_stream(
+            CSV_COLUMNS,
+            (
+                [
+                    r.start.isoformat(),
+                    r.model,
+                    r.key_label,
+                    r.requests,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.cost,
+                    currency,
+                ]
+                for r in rows
+            ),
+        )
+    # Grouped by end user or tag: that column in place of the key's.
+    column = "end_user" if group_header == "End user" else group_header.removeprefix("Tag ")
+    columns = tuple(column if c == "key" else c for c in CSV_COLUMNS)
     return csv_stream(
-        CSV_COLUMNS,
+        columns,
         (
-            [r.start.isoformat(), r.model, r.key_label, r.requests, r.input_tokens, r.output_tokens, r.cost, currency]
+            [r.start.isoformat(), r.model, r.group, r.requests, r.input_tokens, r.output_tokens, r.cost, currency]
             for r in rows
         ),
     )
+
+
+def _attribution(data: dict[str, Any]) -> AttributionQuery:
+    tag = data.get("tag")
+    return AttributionQuery(
+        group_user=data.get("group") == "user",
+        group_tags=(data["group_tag"],) if data.get("group") == "tag" else (),
+        users=(data["end_user"],) if data.get("end_user") else None,
+        tags=dict([tag]) if tag else {},
+    )
+
+
+def _group_header(data: dict[str, Any]) -> str:
+    """The table's grouping column: "" for model and key."""
+    if data.get("group") == "user":
+        return "End user"
+    if data.get("group") == "tag":
+        return f"Tag metadata.{data['group_tag']}"
+    return ""
 
 
 @tenant_page("usage:read", section="usage")
@@ -61,9 +102,12 @@ def usage_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponseBase:
         model=data["model"] or None,
         key_id=data["key"],
         key_labels=key_labels,
+        attribution=_attribution(data),
     )
+    group_header = _group_header(data)
     if request.GET.get("format") == "csv":
-        response = StreamingHttpResponse(_csv_lines(rows, currency), content_type="text/csv; charset=utf-8")
+        lines = _csv_lines(rows, currency, group_header)
+        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
         filename = f"usage-{ctx.tenant.slug}-{data['start']}-{data['end']}.csv"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
@@ -73,6 +117,7 @@ def usage_view(request: HttpRequest, ctx: TenantAccess) -> HttpResponseBase:
         {
             "rows": rows,
             "chart": chart,
+            "group_header": group_header,
             "csv_query": query.urlencode(),
             "totals": {
                 "requests": sum(r.requests for r in rows),

@@ -43,6 +43,15 @@ INFERENCE = {
         "B with A, fair scheduler": {"ttft_p50": 6.0, "ttft_p95": 8.3, "e2e_p50": 40.0, "e2e_p95": 50.0},
     },
     "weighted_shares": {"w1": 0.166, "w2": 0.334, "w3": 0.5},
+    "embeddings": {
+        "engine_1": 30.0,
+        "direct_1": 36.0,
+        "engine_64": 55.0,
+        "direct_64": 54.0,
+        "concurrent": 98.0,
+        "one_at_a_time": 33.0,
+        "forward_passes_64_callers": 1.0,
+    },
 }
 GATEWAY = {
     "results": [
@@ -78,7 +87,9 @@ def test_every_registered_benchmark_reads_its_json_into_figures() -> None:
     key_auth = figures["key_auth"][0]
     assert (key_auth.value, key_auth.unit, key_auth.met) == (0.9, "µs", True)
     assert key_auth.peer == "in-process version: 0.8 µs"
-    batching, noisy, shares, big = figures["inference"]
+    batching, noisy, shares, big, embed_64, embed_callers = figures["inference"]
+    assert embed_64.value == 55.0 and embed_64.met and "(1.02x)" in embed_64.peer
+    assert embed_callers.met is False and "(2.97x)" in embed_callers.peer and "1 forward passes" in embed_callers.peer
     assert batching.name == "continuous batching, 16 concurrent" and batching.met  # 8x and 0.91x
     assert big.name == "continuous batching, llama-135m, 16 concurrent" and big.value == 29.7 and big.met is None
     assert "(4.24x)" in big.peer and "(0.81x)" in big.peer

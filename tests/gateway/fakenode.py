@@ -41,6 +41,7 @@ class FakeNode:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/embeddings", self._embed)
         app.router.add_get("/ready", self._ready)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -64,6 +65,25 @@ class FakeNode:
 
     async def _ready(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ready"})
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        """One fixed 3-dimension vector per input; usage as a real node reports it (prompt only)."""
+        raw = await request.read()
+        try:
+            ctx = verify_signature([self.secret], "POST", request.path_qs, raw, dict(request.headers))
+        except SignatureError as exc:
+            return web.json_response(
+                {"error": {"message": str(exc), "type": "auth", "param": None, "code": None}}, status=401
+            )
+        body = orjson.loads(raw)
+        self.seen.append(Seen(request.path, {k.lower(): v for k, v in request.headers.items()}, body))
+        inputs = body["input"] if isinstance(body["input"], list) and not isinstance(body["input"][0], int) else [1]
+        data = [{"object": "embedding", "index": i, "embedding": [0.6, 0.0, 0.8]} for i in range(len(inputs))]
+        usage = {"prompt_tokens": PROMPT_TOKENS * len(inputs), "total_tokens": PROMPT_TOKENS * len(inputs)}
+        payload = {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        return web.Response(
+            body=orjson.dumps(payload), content_type="application/json", headers={"x-request-id": ctx.request_id}
+        )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

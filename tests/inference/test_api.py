@@ -283,6 +283,7 @@ async def test_usage_records_and_pull_is_idempotent(node: InferenceNode) -> None
         "trace_id",
         "engine_ms",
     }
+    assert (record["end_user"], record["metadata"]) == ("", {})  # the client named no one
     assert (record["tenant"], record["key"], record["model"], record["model_version"]) == (
         301,
         9,

