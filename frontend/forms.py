@@ -167,6 +167,13 @@ class LimitsForm(forms.Form):
     max_prompt_tokens = _limit("Max prompt tokens per request")
     max_output_tokens = _limit("Max output tokens per request")
     max_messages = _limit("Max messages per request")
+    max_choices = forms.IntegerField(
+        label="Max choices (n) per request",
+        min_value=1,
+        max_value=128,
+        required=False,
+        help_text="Empty: the platform's cap.",
+    )
 
 
 USAGE_MAX_DAYS = {"day": 366, "hour": 14}

@@ -110,6 +110,8 @@ def model_check(snap: Snapshot, ctx: KeyContext, name: str) -> ModelRoute:
 def limits_check(parsed: ParsedRequest, ctx: KeyContext, counted: PromptCount | None = None) -> int:
     """Per-plan and per-model input limits; returns the number of output tokens to reserve (all n choices)."""
     lim = ctx.key_limits
+    if lim.max_choices is not None and parsed.n > lim.max_choices:
+        raise APIError(400, f"'n' must be at most {lim.max_choices} on this plan.", param="n", code="invalid_value")
     if lim.max_messages is not None and parsed.messages > lim.max_messages:
         raise APIError(
             400,

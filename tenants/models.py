@@ -143,6 +143,8 @@ class TenantLimits(LimitFields):
     max_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     max_messages = models.PositiveIntegerField(null=True, blank=True)
+    # Most choices (`n`) one request may ask for; NULL: the platform's GATEWAY_MAX_N.
+    max_choices = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     updated_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -40,6 +40,7 @@ TENANT_ONLY_LIMIT_FIELDS: tuple[str, ...] = (
     "max_prompt_tokens",
     "max_output_tokens",
     "max_messages",
+    "max_choices",
 )
 
 

@@ -19,6 +19,7 @@ class EffectiveLimits:
     max_prompt_tokens: int | None = None
     max_output_tokens: int | None = None
     max_messages: int | None = None
+    max_choices: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ def limits_update(
     max_prompt_tokens: int | Unset | None = UNSET,
     max_output_tokens: int | Unset | None = UNSET,
     max_messages: int | Unset | None = UNSET,
+    max_choices: int | Unset | None = UNSET,
 ) -> TenantLimits:
     """Sets the limits given; None clears a limit (unlimited), a limit not given stays."""
     given: dict[str, Any] = {
@@ -44,6 +45,7 @@ def limits_update(
         "max_prompt_tokens": max_prompt_tokens,
         "max_output_tokens": max_output_tokens,
         "max_messages": max_messages,
+        "max_choices": max_choices,
     }
     fields = {name: value for name, value in given.items() if value is not UNSET}
     limits, _ = TenantLimits.objects.select_for_update().get_or_create(tenant=tenant)

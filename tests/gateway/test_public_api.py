@@ -333,6 +333,16 @@ async def test_plan_input_limits(fake_node: FakeNode, world_factory: Any, quota_
     assert fake_node.seen[0].body["max_tokens"] == 50
 
 
+async def test_the_plans_cap_on_choices(fake_node: FakeNode, world_factory: Any, quota_backend: Any) -> None:
+    world: World = await world_factory(fake_node.url, limits={"max_choices": 2})
+    client = AsyncClient()
+    response = await post(client, world, {**CHAT, "n": 3})
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "n" and "at most 2" in error_of(response)["message"]
+    assert fake_node.seen == []  # nothing forwarded, nothing reserved or billed
+    assert (await post(client, world, {**CHAT, "n": 2})).status_code == 200
+
+
 async def test_wrong_method(fake_node: FakeNode, world_factory: Any, quota_backend: Any) -> None:
     world: World = await world_factory(fake_node.url)
     response = await AsyncClient().get("/v1/chat/completions", headers=world.auth)

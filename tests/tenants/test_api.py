@@ -177,10 +177,12 @@ def test_limits_and_key_overrides_reach_key_authenticate() -> None:
             "max_prompt_tokens": 4096,
             "max_output_tokens": 1024,
             "max_messages": 64,
+            "max_choices": 2,
         },
         format="json",
     )
     assert put.status_code == 200 and put.json()["monthly_spend_cap"] == "250.500000"
+    assert put.json()["max_choices"] == 2
     assert services.key_authenticate(raw) is not None
     owner = _client(users[Role.OWNER])
     patched = owner.patch(
@@ -192,6 +194,7 @@ def test_limits_and_key_overrides_reach_key_authenticate() -> None:
     assert context.key_limits.requests_per_minute == 60 and context.tenant_limits.requests_per_minute == 600
     assert context.key_limits.monthly_spend_cap == Decimal("10")
     assert context.key_limits.tokens_per_minute == 100_000 and context.key_limits.scheduling_weight == 3
+    assert context.key_limits.max_choices == 2
     key.refresh_from_db()
     effective = selectors.limits_effective(key)
     assert effective == context.key_limits
@@ -280,3 +283,13 @@ def test_admin_edits_go_through_the_services() -> None:
     )
     assert created.status_code == 302, created.content[:300]
     assert User.objects.filter(email="made.in@admin.example").exists()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 129, "2", 1.5, True])
+def test_a_choices_cap_outside_1_to_128_is_refused_and_changes_nothing(bad: object) -> None:
+    factories.tenant_with_members("cap")
+    staff = _client(factories.staff_user())
+    before = staff.get("/api/v1/tenants/cap/limits/").json()
+    response = staff.patch("/api/v1/tenants/cap/limits/", {"max_choices": bad}, format="json")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "max_choices"
+    assert staff.get("/api/v1/tenants/cap/limits/").json() == before

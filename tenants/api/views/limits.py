@@ -24,6 +24,7 @@ class LimitsOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
     max_prompt_tokens = serializers.IntegerField(allow_null=True)
     max_output_tokens = serializers.IntegerField(allow_null=True)
     max_messages = serializers.IntegerField(allow_null=True)
+    max_choices = serializers.IntegerField(allow_null=True)
     updated_at = serializers.DateTimeField()
 
 
@@ -39,6 +40,7 @@ class LimitsInputSerializer(StrictSerializer):
     max_prompt_tokens = StrictIntegerField(min_value=0, allow_null=True)
     max_output_tokens = StrictIntegerField(min_value=0, allow_null=True)
     max_messages = StrictIntegerField(min_value=0, allow_null=True)
+    max_choices = StrictIntegerField(min_value=1, max_value=128, allow_null=True)
 
 
 class LimitsApi(TenantScopedAPIView):
