@@ -40,7 +40,8 @@ class LimitsInputSerializer(StrictSerializer):
     max_prompt_tokens = StrictIntegerField(min_value=0, allow_null=True)
     max_output_tokens = StrictIntegerField(min_value=0, allow_null=True)
     max_messages = StrictIntegerField(min_value=0, allow_null=True)
-    max_choices = StrictIntegerField(min_value=1, max_value=128, allow_null=True)
+    # Not required on PUT: bodies written before the field existed keep working (left unchanged).
+    max_choices = StrictIntegerField(min_value=1, max_value=128, allow_null=True, required=False)
 
 
 class LimitsApi(TenantScopedAPIView):
