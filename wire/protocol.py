@@ -23,13 +23,15 @@ from pydantic import (
 )
 
 from wire.shapes import RESPONSE_FORMAT_SCHEMA, TOOL_CHOICE_SCHEMA, TOOLS_SCHEMA
+from wire.usage import END_USER_MAX, METADATA_MAX_KEY, METADATA_MAX_PAIRS, METADATA_MAX_VALUE
 
 _M = TypeVar("_M", bound=BaseModel)
 
 MAX_N = 128  # OpenAI's own bound; plans cap lower (the gateway's max_n)
 MAX_TOP_LOGPROBS = 20  # chat
 MAX_COMPLETION_LOGPROBS = 5  # completions
-METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+# OpenAI's metadata limits and the ledger's end-user length: one definition, the journal record's.
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE
 _TOKEN_ID = re.compile(r"^[0-9]{1,9}$")
 # The limits live in the types too, so the OpenAPI document states them.
 TokenBias = Annotated[
@@ -44,7 +46,7 @@ TokenBias = Annotated[
 ]
 Metadata = Annotated[
     dict[
-        Annotated[str, StringConstraints(max_length=METADATA_KEY_CHARS)],
+        Annotated[str, StringConstraints(min_length=1, max_length=METADATA_KEY_CHARS)],
         Annotated[str, StringConstraints(max_length=METADATA_VALUE_CHARS)],
     ],
     Field(max_length=METADATA_PAIRS),
@@ -176,7 +178,7 @@ class _SamplingFields(_Strict):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: TokenBias | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=END_USER_MAX)
     safety_identifier: str | None = Field(default=None, max_length=64)
     metadata: Metadata | None = None
     # Accepted at their no-op values only (the model is the tenant's, there is nothing to store).
@@ -208,8 +210,8 @@ class _SamplingFields(_Strict):
         if len(value) > METADATA_PAIRS:
             raise RequestInvalid(f"'metadata' holds at most {METADATA_PAIRS} pairs.", param="metadata")
         for key, item in value.items():
-            if len(key) > METADATA_KEY_CHARS:
-                raise RequestInvalid(f"'metadata' keys are at most {METADATA_KEY_CHARS} characters.", param="metadata")
+            if not 1 <= len(key) <= METADATA_KEY_CHARS:
+                raise RequestInvalid(f"'metadata' keys are 1 to {METADATA_KEY_CHARS} characters.", param="metadata")
             if isinstance(item, str) and len(item) > METADATA_VALUE_CHARS:
                 raise RequestInvalid(
                     f"'metadata' values are at most {METADATA_VALUE_CHARS} characters (key {key!r}).", param="metadata"
