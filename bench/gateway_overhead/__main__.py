@@ -181,6 +181,13 @@ def _measure_workers(
     ]  # fmt: skip
     app = f"http://127.0.0.1:{port}"
     gateway = app + "/v1/chat/completions"
+    rounds = args.warm_rounds or (1 if workers == 1 else 5)
+
+    def warm_up(url: str) -> None:
+        for _ in range(rounds):
+            # New connections spread the keys over the workers (a kept-alive one stays on one).
+            timed_requests(url, keys, concurrency=32, fresh_connections=workers > 1)
+
     with process(uvicorn, wenv, work / f"uvicorn-{workers}.log"):
         watch = BackendWatch(env["DATABASE_URL"])
         watch.start()
@@ -188,22 +195,14 @@ def _measure_workers(
         wait_http(gateway, data=BODY.encode(), headers=auth)
         print(f"{workers} worker(s): cold pass over {args.cold_keys} keys ...", flush=True)
         cold_samples, cold_status = timed_requests(gateway, keys[1 : 1 + args.cold_keys])
-        rounds = args.warm_rounds or (1 if workers == 1 else 5)
         print(f"  warm-up: {rounds} pass(es) over {len(keys)} keys ...", flush=True)
-        for _ in range(rounds):
-            # New connections spread the keys over the workers (a kept-alive one stays on one).
-            timed_requests(gateway, keys, concurrency=32, fresh_connections=workers > 1)
+        warm_up(gateway)
         # The same keys, the same client, now warm: what the cold pass paid beyond a warm request.
         warm_samples, _ = timed_requests(gateway, keys[1 : 1 + args.cold_keys])
         before = _pool_checkouts(app)
         for connections in (1, 32):
             results.append(wrk(f"gateway ({workers}w)", gateway, script, connections, args.duration, warmup=0))
         checkouts = _pool_checkouts(app) - before
-        if args.tracing:  # the same gateway again, exporting spans (bench/gateway_overhead/tracing.py)
-            results += tracing.measure_traced(
-                workers=workers, uvicorn=uvicorn, port=free_port(), env=wenv, key=keys[0], body=BODY.encode(),
-                script=script, duration=args.duration, work=work, process=process, wait_http=wait_http, wrk=wrk,
-            )  # fmt: skip
         for connections in (1, 32):
             for name, path in (
                 ("bare-django", "/bare/v1/chat/completions"),
@@ -211,6 +210,12 @@ def _measure_workers(
             ):
                 results.append(wrk(f"{name} ({workers}w)", app + path, script, connections, args.duration))
         peak = watch.stop()
+    if args.tracing:  # the same gateway again, exporting spans (bench/gateway_overhead/tracing.py)
+        results += tracing.measure_traced(
+            workers=workers, uvicorn=uvicorn, port=free_port(), env=wenv, key=keys[0], body=BODY.encode(),
+            script=script, duration=args.duration, work=work, process=process, wait_http=wait_http, wrk=wrk,
+            warm_up=warm_up,
+        )  # fmt: skip
     cold = ColdResult(
         p50_ms=percentile(cold_samples, 0.5), p99_ms=percentile(cold_samples, 0.99), count=len(cold_samples),
         statuses=cold_status, warm_p50_ms=percentile(warm_samples, 0.5),

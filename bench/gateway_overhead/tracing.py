@@ -72,8 +72,10 @@ def measure_traced(
     process: Callable[[list[str], dict[str, str], Path], AbstractContextManager[Any]],
     wait_http: Callable[..., None],
     wrk: Callable[[str, str, Path, int, int], Any],
+    warm_up: Callable[[str], None],
 ) -> list[Any]:
-    """The `gateway+tracing (Nw)` rows: the same gateway with OTEL_EXPORTER_OTLP_ENDPOINT set."""
+    """The `gateway+tracing (Nw)` rows: the same gateway with OTEL_EXPORTER_OTLP_ENDPOINT set, warmed
+    over every key as the untraced one was (a cold key cache would be measured, not tracing)."""
     results = []
     with otlp_sink() as sink:
         traced = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
@@ -83,6 +85,7 @@ def measure_traced(
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             auth = {"authorization": f"Bearer {key}", "content-type": "application/json"}
             wait_http(url, data=body, headers=auth)
+            warm_up(url)
             for connections in (1, 32):
                 results.append(wrk(f"gateway+tracing ({workers}w)", url, script, connections, duration))
         print(f"  tracing: {sink.spans} spans received", flush=True)
