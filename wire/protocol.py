@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -44,6 +45,18 @@ TokenBias = Annotated[
         }
     ),
 ]
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 16.0 is the integer 16 (JSON Schema agrees); 16.5 stays refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A token id as a prompt may carry it (16.0 too): never negative, within any vocabulary's 32-bit range.
+TOKEN_ID_MAX = 2**31 - 1
+TokenId = Annotated[int, Field(ge=0, le=TOKEN_ID_MAX), BeforeValidator(_integral)]
 Metadata = Annotated[
     dict[
         Annotated[str, StringConstraints(min_length=1, max_length=METADATA_KEY_CHARS)],
@@ -301,8 +314,8 @@ class CompletionRequest(_SamplingFields):
     prompt: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=1)]
-        | Annotated[list[int], Field(min_length=1)]
-        | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
     )
     echo: bool | None = None
     # 0 with echo scores the prompt alone (its logprobs), as evaluation harnesses ask.
@@ -310,6 +323,25 @@ class CompletionRequest(_SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1)
     suffix: Literal[""] | None = None  # insertion is not served
+
+    # Before the union's type checks, whose first complaint ("a valid string") would name the wrong rule.
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _token_ids(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            ids: list[Any] = value[0]
+        elif isinstance(value, list):
+            ids = value
+        else:
+            return value
+        for item in ids:
+            if isinstance(item, bool) or not isinstance(item, int | float) or isinstance(item, str):
+                continue  # a list of strings, or a mix: the type checks answer
+            if not (float(item).is_integer() and 0 <= item <= TOKEN_ID_MAX):
+                raise RequestInvalid(
+                    f"'prompt' token ids are integers from 0 to {TOKEN_ID_MAX}; got {item!r}.", param="prompt"
+                )
+        return value
 
     @model_validator(mode="after")
     def _completion(self) -> CompletionRequest:
