@@ -29,7 +29,7 @@ from gateway.embeddings import embedding_limits_check, embedding_parse, embeddin
 from gateway.forward import Forward
 from gateway.metrics import QUOTA_REJECTIONS, TENANT_THROTTLED
 from gateway.protocol import APIError, error_response, parse_body
-from gateway.quota import backend, subjects_for
+from gateway.quota import Decision, backend, subjects_for
 from gateway.registry import ModelRoute, Snapshot, registry
 from gateway.tokens import prompt_counter
 from tenants.types import KeyContext
@@ -107,49 +107,14 @@ async def handle_generate(request: HttpRequest, *, chat: bool) -> HttpResponseBa
         raw = _read_body(request)
         parsed = parse_body(raw, chat=chat)
         log_bind(model=parsed.model)
-        snap = await _snapshot(fresh=False)
-        try:
-            route = model_check(snap, ctx, parsed.model)
-        except APIError:
-            # Refusals are rechecked against a fresh registry (a grant may be a moment old).
-            snap = await _snapshot(fresh=True)
-            route = model_check(snap, ctx, parsed.model)
-        if not any(v.node_ids for v in route.versions):
-            # No node for this model in this snapshot: look again before answering 503.
-            snap = await _snapshot(fresh=True)
-            route = snap.models.get(parsed.model, route)
-        throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
-        if throttled:
-            TENANT_THROTTLED.labels(str(ctx.tenant_id)).inc()
-            raise APIError(
-                429,
-                "Too many of your recent requests failed at the inference nodes. Please try again later.",
-                type="requests",
-                code="rate_limit_exceeded",
-                headers={"retry-after": str(max(1, math.ceil(throttled)))},
-            )
+        snap, route = await _route(ctx, parsed.model)
         request_id = getattr(request, "request_id", None) or request_id_from(request)
         # The real prompt size (the model's tokenizer and chat template): reservations must hold.
         counted = await prompt_counter.count(
             snap, route, parsed, SignedContext(ctx.tenant_id, ctx.key_id, "", client_request_id=request_id)
         )
         parsed.prompt_tokens = counted.tokens
-        reserve = parsed.prompt_estimate() + limits_check(parsed, ctx, counted)
-        try:
-            with span("gateway.quota_admission"):
-                decision = await backend().admit(subjects_for(ctx), tokens=reserve)
-        except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
-            logger.exception("gateway: quota admission failed")
-            raise APIError(
-                503,
-                "The rate limiter is unavailable. Please retry shortly.",
-                type="server_error",
-                code="service_unavailable",
-                headers={"retry-after": "1"},
-            ) from exc
-        if not decision.admitted:
-            QUOTA_REJECTIONS.labels(str(ctx.tenant_id), decision.code, decision.reason).inc()
-            raise rate_limit_error(decision)
+        decision = await _admit(ctx, parsed.prompt_estimate() + limits_check(parsed, ctx, counted))
     except APIError as exc:
         return await _error_with_headers(exc, ctx)
     forward = Forward(ctx, parsed, decision, request_id, request.path_info)
@@ -163,49 +128,67 @@ async def handle_embeddings(request: HttpRequest) -> HttpResponseBase:
     try:
         if request.method != "POST":
             raise APIError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
-        ctx = await authenticate(request)
+        with span("gateway.authenticate"):
+            ctx = await authenticate(request)
+        log_bind(tenant=ctx.tenant_id, key_id=ctx.key_id)
         body, parsed = embedding_parse(_read_body(request))
-        snap = await _snapshot(fresh=False)
-        try:
-            route = model_check(snap, ctx, parsed.model)
-        except APIError:
-            snap = await _snapshot(fresh=True)
-            route = model_check(snap, ctx, parsed.model)
-        if not any(v.node_ids for v in route.versions):
-            snap = await _snapshot(fresh=True)
-            route = snap.models.get(parsed.model, route)
-        throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
-        if throttled:
-            TENANT_THROTTLED.labels(str(ctx.tenant_id)).inc()
-            raise APIError(
-                429,
-                "Too many of your recent requests failed at the inference nodes. Please try again later.",
-                type="requests",
-                code="rate_limit_exceeded",
-                headers={"retry-after": str(max(1, math.ceil(throttled)))},
-            )
+        log_bind(model=parsed.model)
+        snap, route = await _route(ctx, parsed.model)
         request_id = getattr(request, "request_id", None) or request_id_from(request)
         parsed.prompt_tokens = await embedding_tokens(route, body, parsed.prompt_bytes)
         embedding_limits_check(parsed, ctx)
-        try:
-            # Prompt tokens only: an embedding has no output tokens to reserve.
-            decision = await backend().admit(subjects_for(ctx), tokens=parsed.prompt_estimate())
-        except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
-            logger.exception("gateway: quota admission failed")
-            raise APIError(
-                503,
-                "The rate limiter is unavailable. Please retry shortly.",
-                type="server_error",
-                code="service_unavailable",
-                headers={"retry-after": "1"},
-            ) from exc
-        if not decision.admitted:
-            QUOTA_REJECTIONS.labels(str(ctx.tenant_id), decision.code, decision.reason).inc()
-            raise rate_limit_error(decision)
+        # Prompt tokens only: an embedding has no output tokens to reserve.
+        decision = await _admit(ctx, parsed.prompt_estimate())
     except APIError as exc:
         return await _error_with_headers(exc, ctx)
     forward = Forward(ctx, parsed, decision, request_id, request.path_info)
     return await forward.run(snap, route)
+
+
+async def _route(ctx: KeyContext, model: str) -> tuple[Snapshot, ModelRoute]:
+    """The model's route for this key (404 when it may not use it), and the tenant not throttled."""
+    snap = await _snapshot(fresh=False)
+    try:
+        route = model_check(snap, ctx, model)
+    except APIError:
+        # Refusals are rechecked against a fresh registry (a grant may be a moment old).
+        snap = await _snapshot(fresh=True)
+        route = model_check(snap, ctx, model)
+    if not any(v.node_ids for v in route.versions):
+        # No node for this model in this snapshot: look again before answering 503.
+        snap = await _snapshot(fresh=True)
+        route = snap.models.get(model, route)
+    throttled = registry.tenant_throttle.blocked_for(ctx.tenant_id)
+    if throttled:
+        TENANT_THROTTLED.labels(str(ctx.tenant_id)).inc()
+        raise APIError(
+            429,
+            "Too many of your recent requests failed at the inference nodes. Please try again later.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(max(1, math.ceil(throttled)))},
+        )
+    return snap, route
+
+
+async def _admit(ctx: KeyContext, tokens: int) -> Decision:
+    """Quota admission for `tokens` (prompt plus reserved output); a refusal is the 429 it names."""
+    try:
+        with span("gateway.quota_admission"):
+            decision = await backend().admit(subjects_for(ctx), tokens=tokens)
+    except Exception as exc:  # Redis unreachable: refuse rather than run unmetered
+        logger.exception("gateway: quota admission failed")
+        raise APIError(
+            503,
+            "The rate limiter is unavailable. Please retry shortly.",
+            type="server_error",
+            code="service_unavailable",
+            headers={"retry-after": "1"},
+        ) from exc
+    if not decision.admitted:
+        QUOTA_REJECTIONS.labels(str(ctx.tenant_id), decision.code, decision.reason).inc()
+        raise rate_limit_error(decision)
+    return decision
 
 
 def _read_body(request: HttpRequest) -> bytes:
