@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -20,25 +19,12 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 from transformers import AutoTokenizer
 
-from tests.e2e.support import ControlPlane, control_plane
-from tests.e2e.test_gateway import REGISTRY_REFRESH_S, World, client_for, journal, make_world
-from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, demo_model_path, inference_node
+from tests.e2e.support import ControlPlane
+from tests.e2e.test_gateway import World, client_for, journal, make_world
+from tests.support.inference_node import InferenceNode, demo_model_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 MSG = [{"role": "user", "content": "Tell me something"}]
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[InferenceNode]:
-    with inference_node(secret=DEFAULT_SECRET) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
-    env = {"INFERENCE_SHARED_SECRET": DEFAULT_SECRET, "GATEWAY_REGISTRY_REFRESH_S": str(REGISTRY_REFRESH_S)}
-    with control_plane(workers=1, env=env) as cp:
-        yield cp
 
 
 @pytest.fixture

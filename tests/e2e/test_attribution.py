@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -16,24 +15,11 @@ from gateway import services as gw
 from gateway.models import NodeState
 from tenants.permissions import Role
 from tests import factories
-from tests.e2e.support import ControlPlane, control_plane
-from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
+from tests.e2e.support import ControlPlane
+from tests.support.inference_node import DEFAULT_SECRET, InferenceNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ACTOR = factories.SYSTEM
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[InferenceNode]:
-    with inference_node(secret=DEFAULT_SECRET) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
-    env = {"INFERENCE_SHARED_SECRET": DEFAULT_SECRET, "GATEWAY_REGISTRY_REFRESH_S": "0.2"}
-    with control_plane(workers=1, env=env) as cp:
-        yield cp
 
 
 def test_chat_and_completions_attribution_reaches_the_ledger_and_the_usage_api(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import jsonschema
@@ -19,9 +18,9 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, Field
 
-from tests.e2e.support import ControlPlane, control_plane
-from tests.e2e.test_gateway import REGISTRY_REFRESH_S, client_for, journal, make_world
-from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, demo_model_path, inference_node
+from tests.e2e.support import ControlPlane
+from tests.e2e.test_gateway import client_for, journal, make_world
+from tests.support.inference_node import InferenceNode, demo_model_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -62,19 +61,6 @@ TOOLS: list[Any] = [
 SCHEMAS = {"get_forecast": CITY, "add": ADD}
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 RESPONSE_FORMAT: Any = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": FORECAST, "strict": True}}
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[InferenceNode]:
-    with inference_node(secret=DEFAULT_SECRET) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
-    env = {"INFERENCE_SHARED_SECRET": DEFAULT_SECRET, "GATEWAY_REGISTRY_REFRESH_S": str(REGISTRY_REFRESH_S)}
-    with control_plane(workers=1, env=env) as cp:
-        yield cp
 
 
 @pytest.fixture

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.e2e.support import ControlPlane, control_plane
-from tests.e2e.test_gateway import REGISTRY_REFRESH_S, make_world
-from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
+from tests.e2e.support import ControlPlane
+from tests.e2e.test_gateway import make_world
+from tests.support.inference_node import InferenceNode
 
 langchain_openai = pytest.importorskip("langchain_openai")
 
@@ -32,19 +31,6 @@ class Add(BaseModel):
 
     a: int = Field(ge=-100, le=100)
     b: int = Field(ge=-100, le=100)
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[InferenceNode]:
-    with inference_node(secret=DEFAULT_SECRET) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
-    env = {"INFERENCE_SHARED_SECRET": DEFAULT_SECRET, "GATEWAY_REGISTRY_REFRESH_S": str(REGISTRY_REFRESH_S)}
-    with control_plane(workers=1, env=env) as cp:
-        yield cp
 
 
 @pytest.fixture

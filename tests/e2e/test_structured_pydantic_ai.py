@@ -6,15 +6,14 @@ node's grammar makes the demo model's call valid, so the agent gets a validated 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.e2e.support import ControlPlane, control_plane
-from tests.e2e.test_gateway import REGISTRY_REFRESH_S, make_world
-from tests.support.inference_node import DEFAULT_SECRET, InferenceNode, inference_node
+from tests.e2e.support import ControlPlane
+from tests.e2e.test_gateway import make_world
+from tests.support.inference_node import InferenceNode
 
 pydantic_ai = pytest.importorskip("pydantic_ai")
 
@@ -25,19 +24,6 @@ class CityWeather(BaseModel):
     city: str = Field(max_length=12)
     unit: Literal["celsius", "fahrenheit"]
     days: int = Field(ge=1, le=7)
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[InferenceNode]:
-    with inference_node(secret=DEFAULT_SECRET) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, node: InferenceNode) -> Iterator[ControlPlane]:
-    env = {"INFERENCE_SHARED_SECRET": DEFAULT_SECRET, "GATEWAY_REGISTRY_REFRESH_S": str(REGISTRY_REFRESH_S)}
-    with control_plane(workers=1, env=env) as cp:
-        yield cp
 
 
 def test_agent_with_a_typed_output(server: ControlPlane, node: InferenceNode) -> None:
